@@ -1,0 +1,95 @@
+"""The retention command (SPEC 2.5).
+
+Keeps every archive younger than ``retention_days``, and whatever its age, the newest
+``retention_min_backups`` good archives (complete and not failed by their last verification) --
+so the newest good archive always survives. Removes expired archives, incomplete archives (no
+manifest) and stale multipart uploads older than the grace period, except those of a backup that
+is still running. ``dry_run`` computes exactly the same plan and changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from app.archives.schemas import Archive
+from app.archives.service import catalogue, deletions_locked, is_good, remove_archive
+from app.jobs import repository as jobs_repo
+
+if TYPE_CHECKING:
+    from app.jobs.runner import JobContext
+
+
+def plan(archives: list[Archive], *, now: datetime, retention_days: int, min_backups: int,
+         grace: timedelta, busy: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(delete, keep), each a list of ``{"backup_id", "reason"}``; archives newest first."""
+    cutoff = now - timedelta(days=retention_days)
+    good = [a.backup_id for a in archives if is_good(a)]
+    protected = set(good[:max(min_backups, 1)])
+    delete, keep = [], []
+    for archive in archives:
+        bid = archive.backup_id
+        if bid in busy:
+            keep.append({"backup_id": bid, "reason": "a running job is writing or reading it"})
+        elif bid in protected:
+            keep.append({"backup_id": bid, "reason": f"one of the newest {min_backups} good"})
+        elif not archive.complete:
+            if archive.created_at < now - grace:
+                delete.append({"backup_id": bid, "reason": "incomplete (no manifest)"})
+            else:
+                keep.append({"backup_id": bid, "reason": "incomplete, within the grace period"})
+        elif archive.created_at < cutoff:
+            delete.append({"backup_id": bid, "reason": f"older than {retention_days} days"})
+        else:
+            keep.append({"backup_id": bid, "reason": f"within {retention_days} days"})
+    return delete, keep
+
+
+async def run_retention(ctx: JobContext) -> tuple[dict[str, Any], str]:
+    services = ctx.services
+    settings = services.settings
+    dry_run = bool(ctx.params.get("dry_run"))
+    now = datetime.now(UTC)
+    grace = timedelta(hours=settings.incomplete_grace_hours)
+    await ctx.set_phase("plan")
+    async with deletions_locked(services, ctx.target):
+        return await _apply(ctx, dry_run, now, grace)
+
+
+async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
+                 grace: timedelta) -> tuple[dict[str, Any], str]:
+    services = ctx.services
+    target = services.settings.targets[ctx.target]
+    async with services.pool.acquire() as conn:
+        running = await jobs_repo.active_backup(conn, ctx.target)
+        in_use = await jobs_repo.archives_in_use(conn, ctx.target)
+    busy_prefix = (running["cleanup"] or {}).get("archive_prefix", "") if running else ""
+    busy = set(in_use)
+    if busy_prefix.count("/") >= 2:
+        busy.add(busy_prefix.split("/")[1])
+    services.manifests.clear()  # another replica may have deleted some: read storage afresh
+    archives = await catalogue(services, ctx.target)
+    delete, keep = plan(archives, now=now, retention_days=target.retention_days,
+                        min_backups=target.retention_min_backups, grace=grace, busy=busy)
+    uploads = [u for u in await services.storage.pending_uploads(f"{ctx.target}/")
+               if u.started < now - grace
+               and not (busy_prefix and u.key.startswith(busy_prefix))]
+    if not dry_run:
+        await ctx.set_phase("delete", bytes_total=len(delete))
+        for i, item in enumerate(delete, 1):
+            await remove_archive(services, ctx.target, item["backup_id"])
+            ctx.progress(bytes_done=i)
+        for upload in uploads:
+            await services.storage.abort_upload(upload.key, upload.upload_id)
+    result = {
+        "dry_run": dry_run,
+        "deleted": delete,
+        "kept": keep,
+        "uploads_aborted": [{"key": u.key, "started": u.started.isoformat()} for u in uploads],
+        "retention_days": target.retention_days,
+        "retention_min_backups": target.retention_min_backups,
+    }
+    verb = "would delete" if dry_run else "deleted"
+    summary = (f"retention of {ctx.target}: {verb} {len(delete)} archive(s), kept {len(keep)}, "
+               f"{'would abort' if dry_run else 'aborted'} {len(uploads)} stale upload(s)")
+    return result, summary

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.archives import service
+from app.archives.schemas import ArchiveDetail, ArchiveList
+from app.backup.router import IdempotencyKey
+from app.dependencies import Admin, BackupId, ServicesDep, TargetName, Viewer, known_target
+from app.jobs import service as jobs
+from app.jobs.schemas import Job
+
+router = APIRouter(prefix="/v1/targets", tags=["archives"])
+
+
+@router.get("/{target}/archives", response_model=ArchiveList)
+async def list_archives(
+    target: TargetName, services: ServicesDep, _: Viewer,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ArchiveList:
+    """The target's archives from storage, newest first, with their last verification."""
+    return await service.list_archives(services, known_target(services, target), cursor, limit)
+
+
+@router.get("/{target}/archives/{backup_id}", response_model=ArchiveDetail)
+async def get_archive(target: TargetName, backup_id: BackupId, services: ServicesDep,
+                      _: Viewer) -> ArchiveDetail:
+    """One archive with its manifest."""
+    return await service.get_archive(services, known_target(services, target), backup_id)
+
+
+@router.delete("/{target}/archives/{backup_id}", status_code=204,
+               responses={409: {"description": "retention minimums forbid it"}})
+async def delete_archive(target: TargetName, backup_id: BackupId, services: ServicesDep,
+                         caller: Admin) -> Response:
+    """Delete one archive, unless the target would keep fewer good archives than its minimum."""
+    await service.delete_archive(services, caller, known_target(services, target), backup_id)
+    return Response(status_code=204)
+
+
+class RetentionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dry_run: bool = Field(False, description="report exactly what would be deleted, delete nothing")
+
+
+@router.post("/{target}/retention", response_model=Job, status_code=202)
+async def start_retention(target: TargetName, services: ServicesDep, caller: Admin,
+                          response: Response,
+                          body: Annotated[RetentionRequest | None, Body()] = None,
+                          idempotency_key: IdempotencyKey = None) -> Job:
+    """Apply the target's retention: expired and incomplete archives, stale uploads."""
+    dry_run = body.dry_run if body else False
+    job = await jobs.create(services, caller, kind="retention",
+                            target=known_target(services, target), params={"dry_run": dry_run},
+                            summary=f"retention of {target} queued"
+                                    + (" (dry run)" if dry_run else ""),
+                            idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job

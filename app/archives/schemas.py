@@ -1,0 +1,39 @@
+"""Archives as the API shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+
+class Verification(BaseModel):
+    status: Literal["succeeded", "failed"]
+    level: str
+    job_id: UUID
+    finished_at: datetime | None
+    summary: str
+
+
+class Archive(BaseModel):
+    backup_id: str
+    target: str
+    created_at: datetime
+    finished_at: datetime | None = None
+    size_bytes: int = Field(description="bytes in storage, all objects")
+    complete: bool = Field(description="false: no manifest; never restorable")
+    label: str | None = None
+    job_id: UUID | None = Field(None, description="the backup job that made it")
+    database_size_bytes: int | None = None
+    verification: Verification | None = Field(None, description="the last verification")
+
+
+class ArchiveDetail(Archive):
+    manifest: dict[str, Any] | None
+
+
+class ArchiveList(BaseModel):
+    items: list[Archive]
+    next_cursor: str | None

@@ -1,0 +1,75 @@
+"""What a backup records about its database, read inside the exported snapshot.
+
+All SQL run against the target for a backup lives here. Every fact is read in the transaction whose
+snapshot pg_dump uses, so the manifest describes exactly what the dump holds: a restore can later be
+checked against these row counts to the row. Identifiers are quoted by the server (``format('%I')``)
+from its own catalog, never by string formatting in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+SERVER_FACTS = """
+SELECT current_setting('server_version') AS server_version,
+       current_setting('server_version_num')::int AS server_version_num,
+       current_database() AS database,
+       pg_database_size(current_database()) AS database_size_bytes,
+       pg_encoding_to_char(d.encoding) AS encoding, d.datcollate AS collate,
+       d.datctype AS ctype
+FROM pg_database d WHERE d.datname = current_database()
+"""
+
+# Ordinary tables and partitions (partitioned parents hold no rows of their own), without
+# extension members (pg_dump leaves their data out) and without excluded schemas.
+TABLES = """
+SELECT n.nspname AS schema, c.relname AS name,
+       format('SELECT count(*) FROM ONLY %I.%I', n.nspname, c.relname) AS count_sql
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND NOT (n.nspname = ANY($1::text[]))
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+MATVIEWS = """
+SELECT schemaname AS schema, matviewname AS name, ispopulated AS populated
+FROM pg_matviews WHERE NOT (schemaname = ANY($1::text[])) ORDER BY 1, 2
+"""
+
+SUBSCRIPTIONS = """
+SELECT subname AS name, subenabled AS enabled FROM pg_subscription
+WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY 1
+"""
+
+EXTENSIONS = "SELECT extname AS name, extversion AS version FROM pg_extension ORDER BY 1"
+
+
+async def server_facts(conn: Any) -> dict[str, Any]:
+    return dict(await conn.fetchrow(SERVER_FACTS))
+
+
+async def catalog_facts(conn: Any, exclude_schemas: list[str]) -> dict[str, Any]:
+    tables = [dict(r) for r in await conn.fetch(TABLES, exclude_schemas)]
+    matviews = [dict(r) for r in await conn.fetch(MATVIEWS, exclude_schemas)]
+    try:
+        async with conn.transaction():  # a savepoint: a failure here must not abort the snapshot
+            subscriptions = [dict(r) for r in await conn.fetch(SUBSCRIPTIONS)]
+    except asyncpg.PostgresError:  # pg_subscription may be unreadable on managed services
+        subscriptions = []
+    extensions = [dict(r) for r in await conn.fetch(EXTENSIONS)]
+    return {"tables": tables, "materialized_views": matviews,
+            "subscriptions": subscriptions, "extensions": extensions}
+
+
+async def count_rows(conn: Any, tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    counted = []
+    for table in tables:
+        rows = await conn.fetchval(table["count_sql"])
+        counted.append({"schema": table["schema"], "name": table["name"], "rows": rows})
+    return counted

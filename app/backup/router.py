@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.dependencies import Operator, ServicesDep, TargetName, known_target
+from app.jobs import service as jobs
+from app.jobs.schemas import Job
+
+router = APIRouter(prefix="/v1/targets", tags=["backups"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+                                               pattern=r"^[\x21-\x7e]+$")]
+
+
+class BackupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(None, max_length=100, pattern=r"^[\w .:@/+-]*$",
+                              description="free text shown in the archive listing")
+
+
+@router.post("/{target}/backups", response_model=Job, status_code=202,
+             responses={409: {"description": "a backup of this target is already running"}})
+async def start_backup(target: TargetName, services: ServicesDep, caller: Operator,
+                       response: Response, idempotency_key: IdempotencyKey = None,
+                       body: Annotated[BackupRequest | None, Body()] = None) -> Job:
+    """Start a backup of the target; follow it at the job's Location."""
+    known_target(services, target)
+    params = {"label": body.label} if body and body.label else {}
+    job = await jobs.create(services, caller, kind="backup", target=target, params=params,
+                            summary=f"backup of {target} queued", idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job

@@ -1,0 +1,255 @@
+"""The backup command (SPEC 2.1), as a list of named steps.
+
+1. connect: open a transaction on the target and export its snapshot; check pg_dump's version.
+2. globals: ``pg_dumpall --globals-only --no-role-passwords | zstd | gpg`` -> upload.
+3. dump: ``pg_dump -Fc -Z0 --snapshot | zstd -T0 | gpg --compress-algo none`` -> multipart
+   upload, hashed on the way; meanwhile the manifest's facts and exact row counts are read in the
+   same snapshot.
+4. manifest: written last, only after every stage of every pipeline exited 0.
+
+Any failure or cancellation kills the processes, aborts the open upload, deletes the objects
+already written for this archive, and writes no manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.backup import facts, manifest
+from app.config import Settings, TargetConfig
+from app.errors import StepFailed
+from app.integrations import gpg, pg_tools
+from app.integrations.process import Pipeline, PipelineError, Stage
+from app.integrations.storage import Storage, StorageError, Upload
+from app.integrations.streaming import Stored, pipeline_to_storage
+from app.integrations.target_db import connect_target
+
+if TYPE_CHECKING:
+    from app.jobs.runner import JobContext
+    from app.lifespan import Services
+
+
+def encrypted_pipeline(first: Stage, settings: Settings) -> Pipeline:
+    return Pipeline([first, pg_tools.zstd_compress_stage(settings.zstd_level,
+                                                         settings.zstd_threads),
+                     gpg.encrypt_stage(settings.gpg_home, settings.gpg_recipients)])
+
+
+def _proc_wchar(pid: int) -> int | None:
+    """Bytes a process has written so far (Linux ``/proc/<pid>/io``): pg_dump's progress."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
+    services = ctx.services
+    settings = services.settings
+    target: TargetConfig = settings.targets[ctx.target]
+    dsn = target.parsed_dsn
+    storage = services.storage
+    started = time.monotonic()
+    created_at = datetime.now(UTC)
+    backup_id = manifest.new_backup_id(created_at)
+    prefix = manifest.archive_prefix(ctx.target, backup_id)
+    written: list[Stored] = []
+
+    await ctx.set_phase("connecting")
+    # The snapshot's session idles in its transaction for the whole dump and counts big tables:
+    # the role's own timeouts (managed services set them) must not end it.
+    conn = await connect_target(dsn, settings={"statement_timeout": "0",
+                                               "idle_in_transaction_session_timeout": "0"})
+    try:
+        # 1. Snapshot and server facts.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            server = await facts.server_facts(conn)
+            try:
+                pg_tools.check_dump_version(services.tools["pg_dump_major"],
+                                            server["server_version_num"])
+            except pg_tools.ToolVersionError as exc:
+                raise StepFailed("version check", str(exc)) from None
+            await ctx.note_cleanup("archive_prefix", prefix)
+
+            # 2. Globals (roles, memberships, tablespaces), without role passwords.
+            await ctx.set_phase("globals")
+            written.append(await _upload(
+                ctx, storage, "globals", prefix + manifest.GLOBALS_OBJECT,
+                encrypted_pipeline(pg_tools.pg_dumpall_globals_stage(dsn), settings)))
+
+            # 3. The database, and its facts in the same snapshot meanwhile.
+            catalog = await facts.catalog_facts(conn, target.exclude_schemas)
+            await ctx.set_phase("dump", bytes_total=server["database_size_bytes"])
+            dump_stage = pg_tools.pg_dump_stage(
+                dsn, snapshot=snapshot, lock_wait_timeout_s=settings.lock_wait_timeout_s,
+                exclude_schemas=target.exclude_schemas)
+            pipeline = encrypted_pipeline(dump_stage, settings)
+            counting = asyncio.create_task(
+                facts.count_rows(conn, catalog["tables"]) if target.row_counts
+                else _no_counts(catalog["tables"]))
+            try:
+                written.append(await _upload(ctx, storage, "dump",
+                                             prefix + manifest.DATABASE_OBJECT, pipeline))
+                tables = await counting
+            finally:
+                if not counting.done():
+                    counting.cancel()
+                    with contextlib.suppress(BaseException):
+                        await counting
+    except BaseException:
+        await asyncio.shield(_discard(storage, written))
+        raise
+    finally:
+        await asyncio.shield(_close(conn))
+
+    # 4. The manifest, last, and only while this worker still owns the job: a replica that
+    # reaped it may already have deleted the objects.
+    await ctx.set_phase("manifest")
+    finished_at = datetime.now(UTC)
+    doc = _manifest(ctx, settings, backup_id, created_at, finished_at, server, catalog, tables,
+                    written, services.tools["pg_dump_version"], snapshot)
+    key = manifest.manifest_key(ctx.target, backup_id)
+    try:
+        await ctx.assert_lease()
+        await storage.put(key, manifest.dumps(doc))
+    except BaseException as exc:
+        # The write may have landed even if it reported failure: manifest first, then objects.
+        await asyncio.shield(_discard_manifest_first(storage, key, written))
+        if isinstance(exc, (StorageError, OSError)):
+            raise StepFailed("manifest", str(exc)) from None
+        raise
+    await ctx.note_cleanup("archive_prefix", None)
+    services.manifests[manifest.manifest_key(ctx.target, backup_id)] = doc
+
+    size = manifest.size_bytes(doc)
+    duration = time.monotonic() - started
+    result = {
+        "backup_id": backup_id,
+        "size_bytes": size,
+        "database_size_bytes": server["database_size_bytes"],
+        "duration_s": round(duration, 3),
+        "tables": len(tables),
+        "rows": sum(t["rows"] or 0 for t in tables),
+        "objects": [{"key": s.key.removeprefix(prefix), "size_bytes": s.size_bytes,
+                     "sha256": s.sha256} for s in written],
+        "label": ctx.params.get("label"),
+    }
+    summary = (f"backup {backup_id} of {ctx.target}: {_mb(size)} stored from a "
+               f"{_mb(server['database_size_bytes'])} database in {duration:.1f} s")
+    return result, summary
+
+
+async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
+                  pipeline: Pipeline) -> Stored:
+    async def remember(upload: Upload) -> None:
+        await ctx.note_cleanup("upload", {"key": upload.key, "upload_id": upload.upload_id})
+
+    try:
+        await pipeline.start()
+    except OSError as exc:
+        raise StepFailed(step, f"cannot start {exc.filename or 'a tool'}: {exc.strerror}") from None
+    dumper = pipeline.pids[0]
+
+    def progress(uploaded: int) -> None:
+        dumped = _proc_wchar(dumper)
+        ctx.progress(bytes_done=dumped if dumped is not None else uploaded,
+                     bytes_uploaded=uploaded)
+
+    try:
+        stored = await pipeline_to_storage(
+            pipeline, storage, key, part_size=ctx.services.settings.upload_part_size,
+            on_start=remember, on_bytes=progress)
+    except PipelineError as exc:
+        raise StepFailed(step, str(exc)) from None
+    except StorageError as exc:
+        raise StepFailed(f"{step} upload", str(exc)) from None
+    await ctx.note_cleanup("upload", None)
+    return stored
+
+
+async def _no_counts(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"schema": t["schema"], "name": t["name"], "rows": None} for t in tables]
+
+
+async def _discard(storage: Storage, written: list[Stored]) -> None:
+    with contextlib.suppress(Exception):
+        await storage.delete([s.key for s in written])
+
+
+async def _discard_manifest_first(storage: Storage, key: str, written: list[Stored]) -> None:
+    with contextlib.suppress(Exception):
+        await storage.delete([key])
+    await _discard(storage, written)
+
+
+async def _close(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(conn.close(), 5)
+
+
+def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: datetime,
+              finished_at: datetime, server: dict[str, Any], catalog: dict[str, Any],
+              tables: list[dict[str, Any]], written: list[Stored], pg_dump_version: str,
+              snapshot: str) -> dict[str, Any]:
+    prefix = manifest.archive_prefix(ctx.target, backup_id)
+    kinds = {manifest.GLOBALS_OBJECT: "globals", manifest.DATABASE_OBJECT: "database"}
+    objects = []
+    for stored in written:
+        key = stored.key.removeprefix(prefix)
+        objects.append({"key": key, "kind": kinds[key], "size_bytes": stored.size_bytes,
+                        "sha256": stored.sha256, "encrypted": True})
+    return {
+        "format_version": manifest.FORMAT_VERSION,
+        "backup_id": backup_id,
+        "target": ctx.target,
+        "label": ctx.params.get("label"),
+        "job_id": str(ctx.job_id),
+        "requested_by": ctx.requested_by,
+        "created_at": created_at.isoformat(),
+        "finished_at": finished_at.isoformat(),
+        "server_version": server["server_version"],
+        "server_version_num": server["server_version_num"],
+        "pg_dump_version": pg_dump_version,
+        "database": server["database"],
+        "database_size_bytes": server["database_size_bytes"],
+        "database_encoding": server["encoding"],
+        "database_collate": server["collate"],
+        "database_ctype": server["ctype"],
+        "dump_format": "custom",
+        "compression": "zstd",
+        "compression_level": settings.zstd_level,
+        "encryption": {"format": "openpgp", "recipients": list(settings.gpg_recipients)},
+        "snapshot": snapshot,
+        "exclude_schemas": list(settings.targets[ctx.target].exclude_schemas),
+        "row_counts": "exact" if settings.targets[ctx.target].row_counts else "none",
+        "objects": objects,
+        "tables": tables,
+        "materialized_views": catalog["materialized_views"],
+        "subscriptions": catalog["subscriptions"],
+        "extensions": catalog["extensions"],
+    }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+async def cleanup_backup(services: Services, cleanup: dict[str, Any], target: str) -> None:
+    """Undo what a dead worker's backup left: its open upload and its manifest-less objects."""
+    upload = cleanup.get("upload")
+    if upload:
+        await services.storage.abort_upload(upload["key"], upload["upload_id"])
+    prefix = cleanup.get("archive_prefix")
+    if prefix:
+        keys = [o.key for o in await services.storage.list_objects(prefix)]
+        if not any(k.endswith(manifest.MANIFEST) for k in keys):
+            await services.storage.delete(keys)

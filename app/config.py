@@ -1,0 +1,370 @@
+"""Configuration (SPEC section 5): environment prefix ``PGVAULT_``, optional ``.env`` file.
+
+Every setting is validated when the settings are built, so a bad value is one readable line at
+start-up (see :func:`load_settings`), not a traceback in the middle of a backup.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TARGET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+DATABASE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$")
+FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
+SCHEMA_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+Role = Literal["viewer", "operator", "admin"]
+
+DEFAULT_SCHEDULES: dict[str, str] = {
+    "backup": "0 0 * * *",  # daily at 00:00 UTC
+    "retention": "30 0 * * *",  # daily
+    "verify": "0 3 1 * *",  # monthly restore test
+    "maintenance": "0 2 * * 0",  # weekly ANALYZE
+}
+
+# libpq connection parameters a target DSN may carry in its query string, and the environment
+# variable that hands each one to pg_dump and friends (never their argv).
+LIBPQ_ENV = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "application_name": "PGAPPNAME",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "options": "PGOPTIONS",
+}
+
+
+class PgDsn(BaseModel):
+    """A parsed ``postgresql://`` DSN; the password stays secret."""
+
+    host: str
+    port: int
+    user: str
+    password: SecretStr | None
+    database: str
+    params: dict[str, str]
+
+    @classmethod
+    def parse(cls, dsn: str) -> PgDsn:
+        parts = urlsplit(dsn)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        database = parts.path.lstrip("/")
+        if not database:
+            raise ValueError("names no database (postgresql://user@host:port/dbname)")
+        if len(database.encode()) > 63:
+            raise ValueError("names a database longer than 63 bytes")
+        # A name starting with '-' becomes an option and one with '=' a connection string
+        # (SPEC 2.12): refuse both rather than hope every tool treats them as names.
+        if database.startswith("-") or "=" in database or "/" in database:
+            raise ValueError("names a database with '-' first, '=' or '/' in it")
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted(set(params) - set(LIBPQ_ENV))
+        if unknown:
+            raise ValueError(f"has unsupported parameters: {', '.join(unknown)}")
+        return cls(
+            host=parts.hostname or "localhost",
+            port=port,
+            user=unquote(parts.username) if parts.username else "postgres",
+            password=SecretStr(unquote(parts.password)) if parts.password else None,
+            database=database,
+            params=params,
+        )
+
+    def redacted(self) -> str:
+        auth = self.user + (":***" if self.password else "")
+        query = "&".join(f"{k}={v}" for k, v in self.params.items())
+        return f"postgresql://{auth}@{self.host}:{self.port}/{self.database}" + (
+            f"?{query}" if query else ""
+        )
+
+    def libpq_env(self, database: str | None = None) -> dict[str, str]:
+        """Connection parameters for pg_dump, pg_restore, psql: all through the environment."""
+        env = {
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGDATABASE": database or self.database,
+        }
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password.get_secret_value()
+        for key, value in self.params.items():
+            env[LIBPQ_ENV[key]] = value
+        return env
+
+    def asyncpg_kwargs(self, database: str | None = None) -> dict[str, object]:
+        kwargs: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "database": database or self.database,
+        }
+        if self.password is not None:
+            kwargs["password"] = self.password.get_secret_value()
+        if "sslmode" in self.params:
+            kwargs["ssl"] = self.params["sslmode"]
+        return kwargs
+
+
+class TargetConfig(BaseModel):
+    """One protected database and its policy."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt policy key is an error, not a default
+
+    dsn: SecretStr = Field(description="postgresql:// DSN of the database to protect")
+    retention_days: int = Field(90, ge=1, le=36500)
+    retention_min_backups: int = Field(7, ge=1, le=1000)
+    schedules: dict[str, str] = Field(default_factory=dict)
+    exclude_schemas: list[str] = Field(default_factory=list)
+    row_counts: bool = Field(True, description="exact row counts in the manifest")
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, value: SecretStr) -> SecretStr:
+        try:
+            PgDsn.parse(value.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(f"dsn {exc}") from None
+        return value
+
+    @field_validator("schedules")
+    @classmethod
+    def _schedules(cls, value: dict[str, str]) -> dict[str, str]:
+        from croniter import croniter
+
+        for kind, expr in value.items():
+            if kind not in DEFAULT_SCHEDULES:
+                known = ", ".join(DEFAULT_SCHEDULES)
+                raise ValueError(f"unknown schedule {kind!r} (known: {known})")
+            if expr and not croniter.is_valid(expr):
+                raise ValueError(f"schedule {kind!r} is not a cron expression: {expr!r}")
+        return value
+
+    @field_validator("exclude_schemas")
+    @classmethod
+    def _schemas(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not SCHEMA_NAME_RE.match(name):
+                raise ValueError(f"exclude_schemas: {name!r} is not a plain schema name")
+        return value
+
+    @property
+    def parsed_dsn(self) -> PgDsn:
+        return PgDsn.parse(self.dsn.get_secret_value())
+
+    def effective_schedules(self) -> dict[str, str]:
+        return {**DEFAULT_SCHEDULES, **self.schedules}
+
+
+WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "rpo.breach"]
+ALL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "job.cancelled",
+                                                "rpo.breach")
+
+
+class WebhookConfig(BaseModel):
+    url: HttpUrl
+    format: Literal["json", "slack"] = "json"
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(ALL_WEBHOOK_EVENTS))
+
+
+class ApiToken(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256 of the token")
+    role: Role
+
+
+class Settings(BaseSettings):
+    """pgvault's settings; see `.env.example` for each one explained."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PGVAULT_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # -- contract (SPEC section 5)
+    database_url: SecretStr = Field(description="metadata database DSN (postgresql://)")
+    storage_url: str = Field(description="s3://bucket/prefix or file:///absolute/path")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint")
+    s3_region: str = Field("us-east-1")
+    gpg_home: Path = Field(description="GnuPG home directory (keyring)")
+    gpg_recipients: list[str] = Field(description="JSON list of recipient key fingerprints")
+    targets: dict[str, TargetConfig] = Field(default_factory=dict)
+    api_tokens: list[ApiToken] = Field(default_factory=list)
+
+    # -- recovery objectives
+    rpo_hours: float = Field(24, gt=0)
+    rto_hours: dict[int, float] = Field(default_factory=lambda: {1: 1.0, 2: 4.0, 3: 8.0})
+
+    # -- backup pipeline
+    zstd_level: int = Field(1, ge=1, le=19)
+    zstd_threads: int = Field(0, ge=0, description="0 = one per core")
+    upload_part_size: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    upload_concurrency: int = Field(2, ge=1, le=8)
+    lock_wait_timeout_s: int = Field(60, ge=1)
+    gpg_passphrase: SecretStr | None = Field(None, description="passphrase of the private key")
+    work_dir: Path | None = Field(None, description="scratch space for restores (default: tmp)")
+
+    # -- jobs
+    worker_concurrency: int = Field(2, ge=0, le=32, description="jobs run at once per replica")
+    lease_seconds: float = Field(30, ge=2)
+    poll_interval_s: float = Field(0.5, gt=0)
+    shutdown_grace_s: float = Field(20, ge=0)
+    progress_interval_s: float = Field(0.5, gt=0)
+
+    # -- schedules and notifications
+    scheduler_enabled: bool = Field(True, description="run schedules on this replica")
+    schedule_interval_s: float = Field(30, gt=0, description="how often schedules are checked")
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_s: float = Field(1.0, gt=0)
+
+    # -- monitoring
+    monitoring_statement_timeout_ms: int = Field(3000, ge=100)
+    monitoring_connect_timeout_s: float = Field(3, gt=0)
+    monitoring_cache_s: float = Field(2.0, ge=0, description="how long a view's answer is reused")
+    monitoring_query_max_chars: int = Field(200, ge=0)
+    long_query_seconds: float = Field(300, gt=0)
+
+    incomplete_grace_hours: float = Field(
+        24, gt=0, description="incomplete archives and open uploads younger than this are kept")
+    audit_retention_days: int = Field(365, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr) -> SecretStr:
+        try:
+            PgDsn.parse(value.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(f"database_url {exc}") from None
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "s3":
+            if not parts.netloc:
+                raise ValueError("s3:// URL needs a bucket: s3://bucket/prefix")
+        elif parts.scheme == "file":
+            if parts.netloc or not parts.path.startswith("/"):
+                raise ValueError("file:// URL needs an absolute path: file:///var/lib/pgvault")
+        else:
+            raise ValueError("must start with s3:// or file://")
+        return value
+
+    @field_validator("gpg_recipients", mode="before")
+    @classmethod
+    def _recipients_upper(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [v.replace(" ", "").upper() if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("gpg_recipients")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one recipient fingerprint is needed")
+        for fpr in value:
+            if not FINGERPRINT_RE.match(fpr):
+                raise ValueError(
+                    f"{fpr!r} is not a 40-hex-digit fingerprint (pin keys by fingerprint, "
+                    "never by e-mail: gpg would look an address up on the network)"
+                )
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _target_names(cls, value: dict[str, TargetConfig]) -> dict[str, TargetConfig]:
+        for name in value:
+            if not TARGET_NAME_RE.match(name):
+                raise ValueError(f"target name {name!r} must match {TARGET_NAME_RE.pattern}")
+        return value
+
+    @field_validator("rto_hours")
+    @classmethod
+    def _rto(cls, value: dict[int, float]) -> dict[int, float]:
+        if set(value) != {1, 2, 3} or any(v <= 0 for v in value.values()):
+            raise ValueError("rto_hours needs positive hours for severities 1, 2 and 3")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_tokens(self) -> Settings:
+        hashes = [t.sha256.lower() for t in self.api_tokens]
+        if len(hashes) != len(set(hashes)):
+            raise ValueError("api_tokens: two tokens share one hash")
+        return self
+
+    @property
+    def metadata_dsn(self) -> PgDsn:
+        return PgDsn.parse(self.database_url.get_secret_value())
+
+    def secrets(self) -> list[str]:
+        """Every secret value known to the settings, for scrubbing text before it is stored."""
+        found = [self.database_url.get_secret_value()]
+        for dsn in [self.metadata_dsn] + [t.parsed_dsn for t in self.targets.values()]:
+            if dsn.password is not None:
+                found.append(dsn.password.get_secret_value())
+        found += [t.dsn.get_secret_value() for t in self.targets.values()]
+        if self.gpg_passphrase is not None:
+            found.append(self.gpg_passphrase.get_secret_value())
+        found += [str(hook.url) for hook in self.webhooks]
+        return [s for s in found if len(s) >= 3]
+
+
+class ConfigError(Exception):
+    """Settings that cannot work; the message is meant for the operator, one line per problem."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        var = "PGVAULT_" + str(err["loc"][0]).upper() if err["loc"] else "PGVAULT_*"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{var} ({loc}): {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or a :class:`ConfigError` that says what is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+__all__ = [
+    "BACKUP_ID_RE",
+    "DATABASE_NAME_RE",
+    "TARGET_NAME_RE",
+    "ApiToken",
+    "ConfigError",
+    "PgDsn",
+    "Settings",
+    "TargetConfig",
+    "load_settings",
+]

@@ -1,0 +1,51 @@
+"""Annotated aliases for what handlers need: the services, the caller with a role, validated ids."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.config import BACKUP_ID_RE, TARGET_NAME_RE, Role
+from app.errors import NotFound
+from app.lifespan import Services
+from app.security import Principal, authenticate, authorize
+
+bearer = HTTPBearer(auto_error=False, description="an API token: Authorization: Bearer <token>")
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def _caller(role: Role):  # type: ignore[no-untyped-def]
+    def dependency(
+        services: ServicesDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Principal:
+        token = credentials.credentials if credentials else None
+        principal = authenticate(token, services.settings.api_tokens)
+        return authorize(principal, role)
+
+    return dependency
+
+
+Viewer = Annotated[Principal, Depends(_caller("viewer"))]
+Operator = Annotated[Principal, Depends(_caller("operator"))]
+Admin = Annotated[Principal, Depends(_caller("admin"))]
+
+TargetName = Annotated[str, Path(pattern=TARGET_NAME_RE.pattern, max_length=63,
+                                 description="a configured target's name")]
+BackupId = Annotated[str, Path(pattern=BACKUP_ID_RE.pattern, max_length=23,
+                               description="an archive's id, e.g. 20261124T151600Z-k3x9a2")]
+
+
+def known_target(services: Services, target: str) -> str:
+    if target not in services.settings.targets:
+        raise NotFound(f"no target named {target!r}")
+    return target

@@ -1,0 +1,23 @@
+"""Which command runs each kind of job, and what undoes a dead worker's leftovers."""
+
+from __future__ import annotations
+
+from app.archives.retention import run_retention
+from app.backup.service import cleanup_backup, run_backup
+from app.jobs.runner import Cleanup, Handler
+from app.maintenance.service import run_maintenance
+from app.restore.service import cleanup_restore, run_restore, run_verify
+
+HANDLERS: dict[str, Handler] = {
+    "backup": run_backup,
+    "restore": run_restore,
+    "verify": run_verify,
+    "maintenance": run_maintenance,
+    "retention": run_retention,
+}
+
+CLEANUPS: dict[str, Cleanup] = {
+    "backup": cleanup_backup,
+    "restore": cleanup_restore,
+    "verify": cleanup_restore,
+}

@@ -1,0 +1,118 @@
+"""GnuPG: keyring checks (python-gnupg) and the argument vectors of the streaming stages.
+
+Encryption needs only the recipients' public keys. Recipients are pinned by fingerprint and
+``--no-auto-key-locate``/``--no-auto-key-retrieve`` stop gpg from asking a key server about an
+unknown one. gpg's own compression is off (``--compress-algo none``): zstd has already compressed
+the stream once, faster.
+
+Decryption exit codes: 0 = success; 2 = any failure, including a modification-detection (MDC)
+failure, in which case gpg has already *written the whole plaintext* (SPEC 2.12). So decryption
+always writes to a private file, and the caller trusts that file only when gpg exited 0 and its
+status output holds ``DECRYPTION_OKAY`` and no ``DECRYPTION_FAILED``/``BADMDC``. A passphrase, if
+the private key has one, is fed through a file descriptor, never argv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gnupg
+
+from app.integrations.process import Stage
+
+BASE_ARGS = [
+    "--batch", "--no-tty", "--quiet", "--no-greeting", "--no-permission-warning",
+    "--no-auto-key-locate", "--no-auto-key-retrieve", "--trust-model", "always",
+]
+
+
+class KeyringError(Exception):
+    """The keyring is unusable or a recipient key cannot encrypt."""
+
+
+@dataclass(frozen=True)
+class RecipientKey:
+    fingerprint: str
+    uids: list[str]
+    expires: int | None
+
+
+def encrypt_stage(home: Path, recipients: list[str]) -> Stage:
+    argv = ["gpg", "--homedir", str(home), *BASE_ARGS, "--compress-algo", "none",
+            "--cipher-algo", "AES256", "--encrypt"]
+    for fpr in recipients:
+        argv += ["--recipient", fpr]
+    argv += ["--output", "-"]
+    return Stage("gpg --encrypt", argv)
+
+
+def decrypt_stage(home: Path, src: Path | None, status_file: Path,
+                  passphrase_fd: int | None) -> Stage:
+    """Decrypt ``src`` (or stdin) to stdout; the status lines go to ``status_file``."""
+    argv = ["gpg", "--homedir", str(home), *BASE_ARGS, "--status-file", str(status_file)]
+    pass_fds: tuple[int, ...] = ()
+    if passphrase_fd is not None:
+        argv += ["--pinentry-mode", "loopback", "--passphrase-fd", str(passphrase_fd)]
+        pass_fds = (passphrase_fd,)
+    argv += ["--decrypt", "--output", "-"]
+    if src is not None:
+        argv.append(str(src))
+    return Stage("gpg --decrypt", argv, pass_fds=pass_fds)
+
+
+def decryption_succeeded(status_text: str) -> bool:
+    lines = status_text.splitlines()
+    has = {line.split()[1] for line in lines
+           if line.startswith("[GNUPG:] ") and len(line.split()) > 1}
+    return "DECRYPTION_OKAY" in has and not has & {"DECRYPTION_FAILED", "BADMDC", "ERROR"}
+
+
+def _check_recipients_sync(home: Path, recipients: list[str]) -> list[RecipientKey]:
+    if not home.is_dir():
+        raise KeyringError(f"GnuPG home {home} does not exist or is not a directory")
+    try:
+        gpg = gnupg.GPG(gnupghome=str(home))
+        keys = gpg.list_keys()
+    except (OSError, ValueError) as exc:
+        raise KeyringError(f"GnuPG home {home} cannot be read: {exc}") from None
+    by_fpr = {k["fingerprint"].upper(): k for k in keys}
+    # A recipient may also name an encryption subkey.
+    for key in keys:
+        for sub_fpr in key.get("subkey_info", {}):
+            by_fpr.setdefault(sub_fpr.upper(), key)
+    now = time.time()
+    found = []
+    for fpr in recipients:
+        key = by_fpr.get(fpr)
+        if key is None:
+            raise KeyringError(f"recipient key {fpr} is not in the keyring at {home}")
+        if key.get("trust") in ("r", "e") or (key.get("expires") and int(key["expires"]) < now):
+            raise KeyringError(f"recipient key {fpr} is expired or revoked")
+        caps = key.get("cap", "")
+        usable_sub = any(
+            "e" in info.get("cap", "")
+            and not (info.get("expires") and int(info["expires"]) < now)
+            and info.get("trust") not in ("r", "e")
+            for info in key.get("subkey_info", {}).values()
+        )
+        if "E" not in caps and "e" not in caps and not usable_sub:
+            raise KeyringError(f"recipient key {fpr} has no valid encryption capability")
+        expires = int(key["expires"]) if key.get("expires") else None
+        found.append(RecipientKey(fpr, list(key.get("uids", [])), expires))
+    return found
+
+
+async def check_recipients(home: Path, recipients: list[str]) -> list[RecipientKey]:
+    """Every recipient exists, can encrypt and has not expired; :class:`KeyringError` otherwise."""
+    return await asyncio.to_thread(_check_recipients_sync, home, recipients)
+
+
+def _has_secret_key_sync(home: Path) -> bool:
+    return bool(gnupg.GPG(gnupghome=str(home)).list_keys(secret=True))
+
+
+async def has_secret_key(home: Path) -> bool:
+    return await asyncio.to_thread(_has_secret_key_sync, home)

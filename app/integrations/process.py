@@ -1,0 +1,223 @@
+"""Pipelines of argument-vector stages, connected by OS pipes.
+
+``Pipeline([pg_dump, zstd, gpg])`` runs ``pg_dump | zstd | gpg`` with kernel pipes between the
+stages (the data never passes through Python until the last stage's output), and lets the caller
+read that output in chunks. Rules it enforces:
+
+- argument vectors only, never a shell;
+- children get a minimal environment: ``PATH`` and a locale, plus what the stage names (secrets such
+  as ``PGPASSWORD`` travel there, never in argv); the service's own environment (AWS keys, DSNs)
+  is not inherited;
+- each child leads its own process group, so :meth:`Pipeline.kill` reaches anything it forked;
+- every stderr is drained concurrently (a full stderr pipe would hang the child) and its tail kept
+  for the error message;
+- :meth:`Pipeline.wait` checks every exit code: when ``pg_dump`` dies mid-stream, ``zstd`` and
+  ``gpg`` see a clean end of input and exit 0, so only the upstream code tells the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+STDERR_TAIL = 4000
+KILL_AFTER_S = 5.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    # File descriptors the child keeps open (e.g. gpg's --passphrase-fd).
+    pass_fds: tuple[int, ...] = ()
+
+
+class PipelineError(Exception):
+    """One or more stages exited non-zero; ``failures`` lists them, most downstream first."""
+
+    def __init__(self, failures: list[tuple[str, int, str]]) -> None:
+        self.failures = failures
+        parts = [f"{name} exited with {describe_code(code)}: {err or 'no message'}"
+                 for name, code, err in failures]
+        super().__init__("; ".join(parts))
+
+
+# Lines of PostgreSQL client output that quote row data or whole statements (key values, COPY
+# input lines, "Command was: INSERT ..."): job records and errors are read by every viewer.
+_DATA_LINES = ("DETAIL:", "CONTEXT:", "Command was:", "LINE ", "QUERY:", "WHERE:")
+_MAX_LINE = 300
+
+
+def reduce_stderr(text: str) -> str:
+    """The last few error lines of a tool's stderr, without the ones that quote data."""
+    kept: list[str] = []
+    for raw in text.splitlines():
+        line = " ".join(raw.split())
+        if not line or line.startswith(_DATA_LINES) or line.startswith("^"):
+            continue
+        line = line.split(" Command was: ", 1)[0]
+        kept.append(line[:_MAX_LINE])
+    return " | ".join(kept[-4:])
+
+
+def describe_code(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    env.update(extra)
+    return env
+
+
+class Pipeline:
+    """``stages[0] | stages[1] | ...``; see the module docstring."""
+
+    def __init__(self, stages: Sequence[Stage], *, stdin: int | None = None,
+                 stdout: int | None = None) -> None:
+        """``stdin``/``stdout``: file descriptors for the ends; ``None`` means /dev/null for
+        stdin and a pipe read through :meth:`read` for stdout."""
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        self.stages = list(stages)
+        self._stdin = stdin
+        self._stdout = stdout
+        self.procs: list[asyncio.subprocess.Process] = []
+        self._stderr: list[bytearray] = []
+        self._drains: list[asyncio.Task[None]] = []
+
+    async def start(self) -> Pipeline:
+        fds_to_close: list[int] = []
+        try:
+            prev_read: int | None = self._stdin
+            for i, stage in enumerate(self.stages):
+                last = i == len(self.stages) - 1
+                if last:
+                    out: int | None = self._stdout
+                else:
+                    read_end, write_end = os.pipe()
+                    fds_to_close += [read_end, write_end]
+                    out = write_end
+                proc = await asyncio.create_subprocess_exec(
+                    *stage.argv,
+                    stdin=prev_read if prev_read is not None else asyncio.subprocess.DEVNULL,
+                    stdout=out if out is not None else asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env=child_env(stage.env),
+                    start_new_session=True,
+                    pass_fds=stage.pass_fds,
+                    limit=1024 * 1024,
+                )
+                self.procs.append(proc)
+                buf = bytearray()
+                self._stderr.append(buf)
+                self._drains.append(asyncio.create_task(_drain(proc, buf)))
+                if not last:
+                    os.close(write_end)
+                    fds_to_close.remove(write_end)
+                if prev_read is not None and prev_read != self._stdin:
+                    os.close(prev_read)
+                    fds_to_close.remove(prev_read)
+                prev_read = None if last else read_end
+        except BaseException:
+            for fd in fds_to_close:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            await asyncio.shield(self.kill())
+            raise
+        return self
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes of the last stage's output; ``b""`` at the end."""
+        stdout = self.procs[-1].stdout
+        assert stdout is not None, "read() needs the pipeline's stdout to be a pipe"
+        return await stdout.read(n)
+
+    async def read_exactly(self, n: int) -> bytes:
+        """``n`` bytes, or fewer only at the end of the output."""
+        chunks: list[bytes] = []
+        size = 0
+        while size < n:
+            chunk = await self.read(n - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+    async def wait(self) -> None:
+        """Wait for every stage; raise :class:`PipelineError` if any exited non-zero."""
+        codes = [await proc.wait() for proc in self.procs]
+        await asyncio.gather(*self._drains, return_exceptions=True)
+        failures = [
+            (stage.name, code, self.stderr_tail(i))
+            for i, (stage, code) in enumerate(zip(self.stages, codes, strict=True))
+            if code != 0
+        ]
+        if failures:
+            raise PipelineError(list(reversed(failures)))
+
+    def stderr_tail(self, index: int) -> str:
+        text = bytes(self._stderr[index][-STDERR_TAIL:]).decode("utf-8", "replace")
+        return reduce_stderr(text)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    async def kill(self) -> None:
+        """Terminate every stage's process group, then kill what is left. Safe to call twice."""
+        live = [p for p in self.procs if p.returncode is None]
+        for proc in live:
+            _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), KILL_AFTER_S)
+        except TimeoutError:
+            for proc in live:
+                _signal_group(proc.pid, signal.SIGKILL)
+            await asyncio.gather(*(p.wait() for p in live))
+        # Children that forked keep the group alive: make sure nothing of it survives. Only the
+        # groups of stages that were alive above: a reaped stage's pid may belong to another.
+        for proc in live:
+            _signal_group(proc.pid, signal.SIGKILL)
+        for task in self._drains:
+            task.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def _drain(proc: asyncio.subprocess.Process, buf: bytearray) -> None:
+    assert proc.stderr is not None
+    while chunk := await proc.stderr.read(65536):
+        buf += chunk
+        if len(buf) > 4 * STDERR_TAIL:
+            del buf[: len(buf) - STDERR_TAIL]
+
+
+async def run(stage: Stage, *, stdin: int | None = None, timeout: float | None = None) -> bytes:
+    """Run one stage to completion and return its stdout; raise :class:`PipelineError` on failure.
+
+    For small outputs only (versions, table-of-contents listings)."""
+    pipeline = await Pipeline([stage], stdin=stdin).start()
+    try:
+        out = bytearray()
+        async with asyncio.timeout(timeout):
+            while chunk := await pipeline.read(1 << 20):
+                out += chunk
+            await pipeline.wait()
+        return bytes(out)
+    except BaseException:
+        await asyncio.shield(pipeline.kill())
+        raise

@@ -1,0 +1,68 @@
+"""The storage interface and its error type."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message names the operation and key, never credentials."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    key: str
+    upload_id: str
+    started: datetime
+
+
+class Upload(Protocol):
+    key: str
+    upload_id: str
+
+    async def write_part(self, data: bytes) -> None:
+        """Queue one part (all but the last at least 5 MiB); may wait for a free slot."""
+
+    async def complete(self) -> None:
+        """Wait for queued parts and make the object visible under its key."""
+
+    async def abort(self) -> None:
+        """Discard every part; never raises (it runs during cleanup)."""
+
+
+class Storage(Protocol):
+    async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Raise :class:`StorageError` unless the store can be read and written."""
+
+    async def start_upload(self, key: str) -> Upload: ...
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Write a small object in one request (manifests)."""
+
+    async def get(self, key: str) -> bytes:
+        """Read a small object; :class:`KeyError` when it does not exist."""
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Stream an object's bytes."""
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix``."""
+
+    async def delete(self, keys: list[str]) -> None: ...
+
+    async def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Multipart uploads started and neither completed nor aborted."""
+
+    async def abort_upload(self, key: str, upload_id: str) -> None: ...

@@ -1,0 +1,207 @@
+"""S3 (or an S3-compatible endpoint) through aioboto3.
+
+Multipart uploads are driven by hand rather than through ``upload_fileobj``: that helper completes
+the upload when its input ends, even if the producer died, and its default transfer settings buffer
+hundreds of MB. Here at most ``concurrency`` parts are in flight (plus the one being filled by the
+caller), the upload completes only when the caller says so, and :meth:`S3Upload.abort` discards it.
+Credentials come from the standard AWS variables and never appear in an error message: botocore
+errors are reduced to their code and the operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app.integrations.storage.base import ObjectInfo, PendingUpload, StorageError
+
+
+def _describe(exc: Exception, what: str) -> StorageError:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "error")
+        return StorageError(f"S3 {what} failed: {code}")
+    return StorageError(f"S3 {what} failed: {type(exc).__name__}")
+
+
+class S3Upload:
+    def __init__(self, client: Any, bucket: str, key: str, full_key: str, upload_id: str,
+                 concurrency: int) -> None:
+        self.key = key
+        self.upload_id = upload_id
+        self._client = client
+        self._bucket = bucket
+        self._full_key = full_key
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: list[asyncio.Task[dict[str, Any]]] = []
+
+    async def write_part(self, data: bytes) -> None:
+        # Fail fast: a part that already failed makes every later part pointless.
+        for task in self._tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        await self._slots.acquire()
+        number = len(self._tasks) + 1
+        self._tasks.append(asyncio.create_task(self._upload_part(number, data)))
+
+    async def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
+        try:
+            resp = await self._client.upload_part(
+                Bucket=self._bucket, Key=self._full_key, UploadId=self.upload_id,
+                PartNumber=number, Body=data,
+            )
+            return {"PartNumber": number, "ETag": resp["ETag"]}
+        except (BotoCoreError, ClientError) as exc:
+            raise _describe(exc, f"upload of part {number} of {self.key}") from None
+        finally:
+            self._slots.release()
+
+    async def complete(self) -> None:
+        parts = await asyncio.gather(*self._tasks)
+        try:
+            await self._client.complete_multipart_upload(
+                Bucket=self._bucket, Key=self._full_key, UploadId=self.upload_id,
+                MultipartUpload={"Parts": list(parts)},
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise _describe(exc, f"completion of {self.key}") from None
+
+    async def abort(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._client.abort_multipart_upload(
+                Bucket=self._bucket, Key=self._full_key, UploadId=self.upload_id)
+
+
+class S3Storage:
+    def __init__(self, client: Any, stack: contextlib.AsyncExitStack, bucket: str, prefix: str,
+                 concurrency: int) -> None:
+        self._client = client
+        self._stack = stack
+        self.bucket = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        self._concurrency = concurrency
+
+    @classmethod
+    async def open(cls, *, bucket: str, prefix: str, endpoint_url: str | None, region: str,
+                   concurrency: int) -> S3Storage:
+        session = aioboto3.Session()
+        config = Config(
+            region_name=region,
+            retries={"max_attempts": 4, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+            max_pool_connections=max(10, concurrency * 2),
+            s3={"addressing_style": "path"} if endpoint_url else None,
+            # No per-part CRC trailers (aws-chunked encoding, computed in Python): every object
+            # is already hashed with SHA-256 for the manifest and checked on every restore.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        stack = contextlib.AsyncExitStack()
+        client = await stack.enter_async_context(
+            session.client("s3", endpoint_url=endpoint_url, config=config))
+        return cls(client, stack, bucket, prefix, concurrency)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    def _full(self, key: str) -> str:
+        return self.prefix + key
+
+    async def check(self) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise _describe(exc, f"access to bucket {self.bucket}") from None
+
+    async def start_upload(self, key: str) -> S3Upload:
+        try:
+            resp = await self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=self._full(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise _describe(exc, f"start of upload {key}") from None
+        return S3Upload(self._client, self.bucket, key, self._full(key), resp["UploadId"],
+                        self._concurrency)
+
+    async def put(self, key: str, data: bytes) -> None:
+        try:
+            await self._client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+        except (BotoCoreError, ClientError) as exc:
+            raise _describe(exc, f"write of {key}") from None
+
+    async def get(self, key: str) -> bytes:
+        try:
+            resp = await self._client.get_object(Bucket=self.bucket, Key=self._full(key))
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+                return data
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise KeyError(key) from None
+            raise _describe(exc, f"read of {key}") from None
+        except BotoCoreError as exc:
+            raise _describe(exc, f"read of {key}") from None
+
+    async def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        try:
+            resp = await self._client.get_object(Bucket=self.bucket, Key=self._full(key))
+            body = resp["Body"]
+            try:
+                while chunk := await body.read(chunk_size):
+                    yield chunk
+            finally:
+                body.close()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise KeyError(key) from None
+            raise _describe(exc, f"read of {key}") from None
+        except BotoCoreError as exc:
+            raise _describe(exc, f"read of {key}") from None
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(self.prefix):]
+                    found.append(ObjectInfo(key, obj["Size"], obj["LastModified"]))
+        except (BotoCoreError, ClientError) as exc:
+            raise _describe(exc, f"listing of {prefix or '/'}") from None
+        return found
+
+    async def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._full(k)} for k in keys[start:start + 1000]]
+            try:
+                resp = await self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except (BotoCoreError, ClientError) as exc:
+                raise _describe(exc, "delete") from None
+            if resp.get("Errors"):
+                raise StorageError(f"S3 delete failed for {len(resp['Errors'])} object(s)")
+
+    async def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        found: list[PendingUpload] = []
+        try:
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+                for up in page.get("Uploads", []):
+                    found.append(PendingUpload(up["Key"][len(self.prefix):], up["UploadId"],
+                                               up["Initiated"]))
+        except (BotoCoreError, ClientError) as exc:
+            raise _describe(exc, "listing of uploads") from None
+        return found
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(BotoCoreError, ClientError):
+            await self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)

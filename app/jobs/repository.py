@@ -1,0 +1,184 @@
+"""All SQL for jobs and idempotency keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+JOB_COLUMNS = """id, kind, target, status, phase, bytes_done, bytes_total, bytes_uploaded, params,
+    result, error, summary, requested_by, created_at, started_at, finished_at, cleanup,
+    cancel_requested"""
+
+
+async def insert(conn: Any, *, job_id: UUID, kind: str, target: str, params: dict[str, Any],
+                 requested_by: str, summary: str) -> Any:
+    return await conn.fetchrow(
+        f"""INSERT INTO jobs (id, kind, target, params, requested_by, summary)
+            VALUES ($1, $2, $3, $4, $5, $6) RETURNING {JOB_COLUMNS}""",
+        job_id, kind, target, params, requested_by, summary)
+
+
+async def get(conn: Any, job_id: UUID) -> Any:
+    return await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+
+
+async def active_backup(conn: Any, target: str) -> Any:
+    return await conn.fetchrow(
+        f"""SELECT {JOB_COLUMNS} FROM jobs
+            WHERE target = $1 AND kind = 'backup' AND status IN ('queued', 'running')""", target)
+
+
+async def list_page(conn: Any, *, target: str | None, kind: str | None, status: str | None,
+                    after: tuple[datetime, UUID] | None, limit: int) -> list[Any]:
+    rows: list[Any] = await conn.fetch(
+        f"""SELECT {JOB_COLUMNS} FROM jobs
+            WHERE ($1::text IS NULL OR target = $1)
+              AND ($2::text IS NULL OR kind = $2)
+              AND ($3::text IS NULL OR status = $3)
+              AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
+            ORDER BY created_at DESC, id DESC LIMIT $6""",
+        target, kind, status, after[0] if after else None, after[1] if after else None, limit)
+    return rows
+
+
+async def claim_next(conn: Any, *, owner: str, lease_s: float, targets: list[str]) -> Any:
+    """Claim the oldest queued job of a target this replica knows; replicas can call this at
+    once (SKIP LOCKED)."""
+    return await conn.fetchrow(
+        f"""UPDATE jobs SET status = 'running', phase = 'starting', started_at = now(),
+                updated_at = now(), lease_owner = $1,
+                lease_expires_at = now() + make_interval(secs => $2)
+            WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND NOT cancel_requested
+                          AND target = ANY($3::text[])
+                        ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
+            RETURNING {JOB_COLUMNS}""",
+        owner, lease_s, targets)
+
+
+async def renew_leases(conn: Any, *, owner: str, ids: list[UUID], lease_s: float) -> list[Any]:
+    """Extend the leases of our running jobs; returns which of them were asked to cancel."""
+    rows: list[Any] = await conn.fetch(
+        """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+           WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
+           RETURNING id, cancel_requested""",
+        owner, ids, lease_s)
+    return rows
+
+
+async def update_progress(conn: Any, job_id: UUID, *, phase: str, bytes_done: int,
+                          bytes_total: int | None, bytes_uploaded: int) -> None:
+    await conn.execute(
+        """UPDATE jobs SET phase = $2, bytes_done = $3, bytes_total = $4, bytes_uploaded = $5,
+               updated_at = now()
+           WHERE id = $1 AND status = 'running'""",
+        job_id, phase, bytes_done, bytes_total, bytes_uploaded)
+
+
+async def set_cleanup(conn: Any, job_id: UUID, cleanup: dict[str, Any]) -> None:
+    await conn.execute("UPDATE jobs SET cleanup = $2 WHERE id = $1", job_id, cleanup)
+
+
+async def finish(conn: Any, job_id: UUID, *, status: str, result: dict[str, Any],
+                 error: dict[str, str] | None, summary: str, owner: str) -> Any:
+    """Record a job's end; only its lease owner can (None when the lease was lost)."""
+    return await conn.fetchrow(
+        f"""UPDATE jobs SET status = $2, result = $3, error = $4, summary = $5,
+                finished_at = now(), updated_at = now(), lease_owner = NULL,
+                lease_expires_at = NULL, cleanup = '{{}}'
+            WHERE id = $1 AND status = 'running' AND lease_owner = $6
+            RETURNING {JOB_COLUMNS}""",
+        job_id, status, result, error, summary, owner)
+
+
+async def holds_lease(conn: Any, job_id: UUID, owner: str) -> bool:
+    return bool(await conn.fetchval(
+        """SELECT 1 FROM jobs WHERE id = $1 AND status = 'running' AND lease_owner = $2
+             AND lease_expires_at > now()""", job_id, owner))
+
+
+async def request_cancel(conn: Any, job_id: UUID) -> Any:
+    """Queued jobs are cancelled at once; running ones are flagged for their worker."""
+    return await conn.fetchrow(
+        f"""UPDATE jobs SET
+                cancel_requested = true,
+                status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+                finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+                error = CASE WHEN status = 'queued'
+                    THEN '{{"title": "Cancelled", "detail": "cancelled before it started"}}'::jsonb
+                    ELSE error END,
+                summary = CASE WHEN status = 'queued' THEN 'cancelled before it started'
+                    ELSE summary END,
+                updated_at = now()
+            WHERE id = $1 RETURNING {JOB_COLUMNS}""",
+        job_id)
+
+
+async def reap_expired(conn: Any) -> list[Any]:
+    """Mark running jobs whose lease expired (worker dead) as failed; return them."""
+    rows: list[Any] = await conn.fetch(
+        f"""UPDATE jobs SET status = 'failed', finished_at = now(), updated_at = now(),
+                error = jsonb_build_object('title', 'Worker lost',
+                    'detail', 'the worker running this job stopped renewing its lease (crash, '
+                              || 'kill or lost host); the job was abandoned at phase ' || phase),
+                summary = 'failed: worker lost at phase ' || phase,
+                lease_owner = NULL, lease_expires_at = NULL
+            WHERE id IN (SELECT id FROM jobs WHERE status = 'running'
+                         AND lease_expires_at < now() FOR UPDATE SKIP LOCKED)
+            RETURNING {JOB_COLUMNS}""")
+    return rows
+
+
+async def clear_cleanup(conn: Any, job_id: UUID) -> None:
+    await conn.execute("UPDATE jobs SET cleanup = '{}' WHERE id = $1", job_id)
+
+
+async def get_idempotency(conn: Any, caller: str, key: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT request_hash, job_id FROM idempotency_keys WHERE caller = $1 AND key = $2",
+        caller, key)
+
+
+async def insert_idempotency(conn: Any, caller: str, key: str, request_hash: str,
+                             job_id: UUID) -> bool:
+    row = await conn.fetchrow(
+        """INSERT INTO idempotency_keys (caller, key, request_hash, job_id)
+           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING job_id""",
+        caller, key, request_hash, job_id)
+    return row is not None
+
+
+async def last_succeeded(conn: Any, kind: str, targets: list[str]) -> list[Any]:
+    rows: list[Any] = await conn.fetch(
+        f"""SELECT DISTINCT ON (target) {JOB_COLUMNS} FROM jobs
+            WHERE kind = $1 AND status = 'succeeded' AND target = ANY($2::text[])
+            ORDER BY target, finished_at DESC""",
+        kind, targets)
+    return rows
+
+
+async def last_verifications(conn: Any, target: str, backup_ids: list[str]) -> list[Any]:
+    rows: list[Any] = await conn.fetch(
+        f"""SELECT DISTINCT ON (params->>'backup_id') {JOB_COLUMNS} FROM jobs
+            WHERE kind = 'verify' AND target = $1 AND params->>'backup_id' = ANY($2::text[])
+              AND status IN ('succeeded', 'failed')
+            ORDER BY params->>'backup_id', finished_at DESC""",
+        target, backup_ids)
+    return rows
+
+
+async def counts(conn: Any) -> list[Any]:
+    rows: list[Any] = await conn.fetch(
+        """SELECT kind, status, count(*) AS n,
+                  sum(extract(epoch FROM finished_at - started_at)) AS seconds
+           FROM jobs GROUP BY kind, status""")
+    return rows
+
+
+async def archives_in_use(conn: Any, target: str) -> dict[str, UUID]:
+    """Archives that queued or running restores and verifications read: backup_id -> job."""
+    rows = await conn.fetch(
+        """SELECT params->>'backup_id' AS backup_id, id FROM jobs
+           WHERE target = $1 AND kind IN ('restore', 'verify')
+             AND status IN ('queued', 'running')""", target)
+    return {r["backup_id"]: r["id"] for r in rows}

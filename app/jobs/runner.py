@@ -1,0 +1,310 @@
+"""The job runner: claims queued jobs, runs them, keeps their leases, reaps dead workers' jobs.
+
+Each replica runs one :class:`JobRunner`. Jobs are claimed with ``FOR UPDATE SKIP LOCKED`` so
+replicas never run the same job; a running job's lease is renewed by a heartbeat, and a job whose
+lease expired (its worker crashed, was killed or lost its host) is marked failed by any replica's
+reaper, which also undoes what the job registered as pending cleanup (a multipart upload, a scratch
+database). Cancellation is a flag in the job row that the owning worker sees on its next heartbeat;
+the job's task is then cancelled, and the command's own ``finally`` blocks kill its processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import structlog
+
+from app.audit import repository as audit_repo
+from app.errors import PgVaultError, StepFailed
+from app.jobs import repository as repo
+from app.jobs.schemas import Job
+from app.security import redact
+
+if TYPE_CHECKING:
+    from app.lifespan import Services
+
+log = structlog.get_logger("pgvault.jobs")
+
+Handler = Callable[["JobContext"], Awaitable[tuple[dict[str, Any], str]]]
+Cleanup = Callable[["Services", dict[str, Any], str], Awaitable[None]]
+
+
+class JobContext:
+    """What a running command sees of its job: parameters, progress reporting, cleanup notes."""
+
+    def __init__(self, row: Any, services: Services, owner: str) -> None:
+        self.owner = owner
+        self.job_id: UUID = row["id"]
+        self.kind: str = row["kind"]
+        self.target: str = row["target"]
+        self.params: dict[str, Any] = row["params"] or {}
+        self.requested_by: str = row["requested_by"]
+        self.services = services
+        self.log = log.bind(job_id=str(self.job_id), kind=self.kind, target=self.target)
+        self.phase = "starting"
+        self.bytes_done = 0
+        self.bytes_total: int | None = None
+        self.bytes_uploaded = 0
+        self._flushed: tuple[str, int, int | None, int] | None = None
+        self.cleanup: dict[str, Any] = {}
+        self.cancel_reason = "cancelled on request"
+        self.cancelling = False
+        self.phase_started = time.monotonic()
+        self.phase_durations: dict[str, float] = {}
+
+    def progress(self, *, bytes_done: int | None = None, bytes_total: int | None = None,
+                 bytes_uploaded: int | None = None) -> None:
+        """Record progress; the runner writes it to the database at most every interval."""
+        if bytes_done is not None:
+            self.bytes_done = bytes_done
+        if bytes_uploaded is not None:
+            self.bytes_uploaded = bytes_uploaded
+        if bytes_total is not None:
+            self.bytes_total = bytes_total
+
+    async def set_phase(self, phase: str, *, bytes_total: int | None = None) -> None:
+        self._close_phase()
+        self.phase = phase
+        self.bytes_done = 0
+        self.bytes_uploaded = 0
+        self.bytes_total = bytes_total
+        self.log.info("job_phase", phase=phase)
+        await self.flush_progress()
+
+    def _close_phase(self) -> None:
+        now = time.monotonic()
+        spent = self.phase_durations.get(self.phase, 0.0) + now - self.phase_started
+        self.phase_durations[self.phase] = round(spent, 3)
+        self.phase_started = now
+
+    async def flush_progress(self) -> None:
+        state = (self.phase, self.bytes_done, self.bytes_total, self.bytes_uploaded)
+        if state == self._flushed:
+            return
+        self._flushed = state
+        async with self.services.pool.acquire() as conn:
+            await repo.update_progress(conn, self.job_id, phase=self.phase,
+                                       bytes_done=self.bytes_done, bytes_total=self.bytes_total,
+                                       bytes_uploaded=self.bytes_uploaded)
+
+    async def assert_lease(self) -> None:
+        """Raise unless this worker still holds the job's lease (before an irreversible step)."""
+        async with self.services.pool.acquire() as conn:
+            if not await repo.holds_lease(conn, self.job_id, self.owner):
+                raise StepFailed("lease", "this worker lost the job's lease; another replica "
+                                          "has taken over its clean-up")
+
+    async def note_cleanup(self, key: str, value: Any | None) -> None:
+        """Record (or, with ``None``, forget) something the reaper must undo if we die."""
+        if value is None:
+            self.cleanup.pop(key, None)
+        else:
+            self.cleanup[key] = value
+        async with self.services.pool.acquire() as conn:
+            await repo.set_cleanup(conn, self.job_id, self.cleanup)
+
+
+class JobRunner:
+    def __init__(self, services: Services, handlers: dict[str, Handler],
+                 cleanups: dict[str, Cleanup]) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.handlers = handlers
+        self.cleanups = cleanups
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.running: dict[UUID, tuple[asyncio.Task[None], JobContext]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="jobs-claim"),
+            asyncio.create_task(self._heartbeat_loop(), name="jobs-heartbeat"),
+            asyncio.create_task(self._reaper_loop(), name="jobs-reaper"),
+        ]
+
+    def wake(self) -> None:
+        """A job was just queued here: look for it now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; give running jobs the grace period, then cancel them."""
+        self._stopping = True
+        tasks = [task for task, _ in self.running.values()]
+        if tasks:
+            log.info("jobs_draining", running=len(tasks), grace_s=self.settings.shutdown_grace_s)
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
+            for job_id, (task, _) in list(self.running.items()):
+                if task in pending:
+                    self._cancel(job_id, "cancelled: the service shut down before the job "
+                                         "finished")
+            if pending:
+                await asyncio.wait(pending)
+        # The heartbeat and claim loops go last: running jobs needed their leases renewed.
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+
+    # -- loops -----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            claimed = False
+            try:
+                if len(self.running) < self.settings.worker_concurrency:
+                    async with self.services.pool.acquire() as conn:
+                        row = await repo.claim_next(conn, owner=self.owner,
+                                                    lease_s=self.settings.lease_seconds,
+                                                    targets=list(self.settings.targets))
+                    if row is not None and not self._stopping:
+                        self._launch(row)
+                        claimed = True
+            except Exception as exc:  # the metadata database may be briefly unreachable
+                log.warning("jobs_claim_failed", error_type=type(exc).__name__)
+            if not claimed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+                self._wake.clear()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = min(self.settings.progress_interval_s, self.settings.lease_seconds / 3)
+        last_renew = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for _, ctx in list(self.running.values()):
+                    await ctx.flush_progress()
+                if time.monotonic() - last_renew >= self.settings.lease_seconds / 3:
+                    last_renew = time.monotonic()
+                    await self._renew()
+            except Exception as exc:
+                log.warning("jobs_heartbeat_failed", error_type=type(exc).__name__)
+
+    async def _renew(self) -> None:
+        if not self.running:
+            return
+        async with self.services.pool.acquire() as conn:
+            rows = await repo.renew_leases(conn, owner=self.owner, ids=list(self.running),
+                                           lease_s=self.settings.lease_seconds)
+        for row in rows:
+            if row["cancel_requested"] and row["id"] in self.running:
+                self._cancel(row["id"])
+        # A job the renewal did not return was reaped elsewhere (we were cut off for longer than
+        # the lease): stop it, its clean-up is already another replica's business.
+        renewed = {row["id"] for row in rows}
+        for job_id in list(self.running):
+            if job_id not in renewed:
+                self._cancel(job_id, "cancelled: this worker lost the job's lease")
+
+    def _cancel(self, job_id: UUID, reason: str | None = None) -> None:
+        """Cancel a job's task once: a second cancel would cut its shielded cleanup short."""
+        entry = self.running.get(job_id)
+        if entry is None or entry[1].cancelling:
+            return
+        task, ctx = entry
+        ctx.cancelling = True
+        if reason:
+            ctx.cancel_reason = reason
+        task.cancel()
+
+    async def check_cancel_now(self) -> None:
+        """Renew leases and act on cancel flags at once (used by the cancel endpoint)."""
+        await self._renew()
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            try:
+                await self.reap()
+            except Exception as exc:
+                log.warning("jobs_reap_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(max(1.0, self.settings.lease_seconds / 2))
+
+    async def reap(self) -> int:
+        async with self.services.pool.acquire() as conn:
+            rows = await repo.reap_expired(conn)
+            for row in rows:
+                await audit_repo.insert(conn, actor="pgvault", action=f"job.{row['kind']}",
+                                        target=row["target"], outcome="failed",
+                                        job_id=row["id"], details={"reason": "worker lost"})
+        for row in rows:
+            log.warning("job_reaped", job_id=str(row["id"]), phase=row["phase"])
+            cleanup = self.cleanups.get(row["kind"])
+            if cleanup is not None and row["cleanup"]:
+                try:
+                    await cleanup(self.services, row["cleanup"], row["target"])
+                    async with self.services.pool.acquire() as conn:
+                        await repo.clear_cleanup(conn, row["id"])
+                except Exception as exc:
+                    log.warning("job_cleanup_failed", job_id=str(row["id"]),
+                                error_type=type(exc).__name__)
+        return len(rows)
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def _launch(self, row: Any) -> None:
+        ctx = JobContext(row, self.services, self.owner)
+        task = asyncio.create_task(self._execute(ctx), name=f"job-{ctx.job_id}")
+        self.running[ctx.job_id] = (task, ctx)
+        task.add_done_callback(lambda _: self.running.pop(ctx.job_id, None))
+
+    async def _execute(self, ctx: JobContext) -> None:
+        started = time.monotonic()
+        handler = self.handlers[ctx.kind]
+        status, summary = "failed", ""
+        result: dict[str, Any] = {}
+        error: dict[str, str] | None = None
+        secrets_ = self.settings.secrets()
+        try:
+            ctx.log.info("job_started")
+            result, summary = await handler(ctx)
+            status = "succeeded"
+        except asyncio.CancelledError:
+            status = "cancelled"
+            error = {"title": "Cancelled", "detail": ctx.cancel_reason}
+            summary = f"{ctx.kind} {ctx.cancel_reason} (phase {ctx.phase})"
+        except StepFailed as exc:
+            error = {"title": f"{ctx.kind.capitalize()} failed",
+                     "detail": redact(exc.detail, secrets_)}
+            summary = f"{ctx.kind} failed at {exc.step}"
+        except PgVaultError as exc:
+            error = {"title": exc.title, "detail": redact(exc.detail, secrets_)}
+            summary = f"{ctx.kind} failed: {redact(exc.detail, secrets_)[:120]}"
+        except Exception as exc:
+            ctx.log.exception("job_crashed")
+            error = {"title": "Internal error",
+                     "detail": f"unexpected {type(exc).__name__} at phase {ctx.phase}; see the "
+                               "service log"}
+            summary = f"{ctx.kind} failed unexpectedly at phase {ctx.phase}"
+        duration = time.monotonic() - started
+        ctx._close_phase()
+        result = {**result, "phase_durations_s": ctx.phase_durations}
+        await asyncio.shield(self._record(ctx, status, result, error, summary, duration))
+
+    async def _record(self, ctx: JobContext, status: str, result: dict[str, Any],
+                      error: dict[str, str] | None, summary: str, duration: float) -> None:
+        try:
+            async with self.services.pool.acquire() as conn, conn.transaction():
+                await ctx.flush_progress()
+                row = await repo.finish(conn, ctx.job_id, status=status, result=result,
+                                        error=error, summary=summary, owner=self.owner)
+                if row is not None:
+                    await audit_repo.insert(conn, actor=ctx.requested_by,
+                                            action=f"job.{ctx.kind}", target=ctx.target,
+                                            outcome=status, job_id=ctx.job_id,
+                                            details={"summary": summary})
+            ctx.log.info("job_finished", status=status, duration_s=round(duration, 3))
+            if row is not None:
+                job = Job.from_row(row).model_dump(mode="json")
+                self.services.notifier.emit(f"job.{status}", {
+                    "target": ctx.target, "summary": summary, "job": job})
+        except Exception as exc:  # the lease will expire and the reaper will record it
+            ctx.log.error("job_record_failed", error_type=type(exc).__name__)

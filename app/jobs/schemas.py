@@ -1,0 +1,58 @@
+"""Job resources as the API shows them (SPEC section 4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+JobKind = Literal["backup", "restore", "verify", "retention", "maintenance"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Progress(BaseModel):
+    bytes_done: int = Field(description="bytes processed so far in the current phase's stream")
+    bytes_total: int | None = Field(description="estimate of the total, when known")
+    bytes_uploaded: int = Field(0, description="bytes written to storage so far in this phase")
+
+
+class JobError(BaseModel):
+    title: str
+    detail: str
+
+
+class Job(BaseModel):
+    id: UUID
+    kind: JobKind
+    target: str
+    status: JobStatus
+    phase: str
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    requested_by: str
+    error: JobError | None
+    result: dict[str, Any]
+    summary: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        return cls(
+            id=row["id"], kind=row["kind"], target=row["target"], status=row["status"],
+            phase=row["phase"],
+            progress=Progress(bytes_done=row["bytes_done"], bytes_total=row["bytes_total"],
+                              bytes_uploaded=row["bytes_uploaded"]),
+            created_at=row["created_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], requested_by=row["requested_by"],
+            error=JobError(**row["error"]) if row["error"] else None,
+            result=row["result"] or {}, summary=row["summary"],
+        )
+
+
+class JobList(BaseModel):
+    items: list[Job]
+    next_cursor: str | None

@@ -1,0 +1,133 @@
+"""Jobs: create (with Idempotency-Key and the one-backup-per-target rule), get, list, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from app import pagination
+from app.audit import repository as audit_repo
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.jobs import repository as repo
+from app.jobs.schemas import TERMINAL, Job, JobList
+from app.security import Principal
+
+if TYPE_CHECKING:
+    from app.lifespan import Services
+
+
+def request_hash(kind: str, target: str, params: dict[str, Any]) -> str:
+    canonical = json.dumps([kind, target, params], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def create(services: Services, caller: Principal, *, kind: str, target: str,
+                 params: dict[str, Any], summary: str, idempotency_key: str | None) -> Job:
+    """Queue a job (committed before work starts); a repeated key replays the first answer."""
+    digest = request_hash(kind, target, params)
+    for _ in range(2):
+        try:
+            row = await _insert(services, caller, kind, target, params, summary,
+                                idempotency_key, digest)
+        except _Retry:
+            continue
+        if row["status"] == "queued":
+            services.runner.wake()
+        return Job.from_row(row)
+    raise Conflict("a request with this Idempotency-Key is still in flight; retry shortly")
+
+
+class _Retry(Exception):
+    pass
+
+
+async def _insert(services: Services, caller: Principal, kind: str, target: str,
+                  params: dict[str, Any], summary: str, idempotency_key: str | None,
+                  digest: str) -> Any:
+    async with services.pool.acquire() as conn, conn.transaction():
+        return await insert_in(conn, caller, kind=kind, target=target, params=params,
+                               summary=summary, idempotency_key=idempotency_key, digest=digest)
+
+
+async def insert_in(conn: Any, caller: Principal, *, kind: str, target: str,
+                    params: dict[str, Any], summary: str, idempotency_key: str | None = None,
+                    digest: str = "") -> Any:
+    """Queue a job inside the caller's transaction (the scheduler claims its slot in the same
+    one); :class:`Conflict` when a backup of the target is already queued or running."""
+    if idempotency_key is not None:
+        seen = await repo.get_idempotency(conn, caller.name, idempotency_key)
+        if seen is not None:
+            if seen["request_hash"] != digest:
+                raise InvalidRequest("this Idempotency-Key was used with a different "
+                                     "request; use a new key")
+            return await repo.get(conn, seen["job_id"])
+    try:
+        async with conn.transaction():
+            row = await repo.insert(conn, job_id=uuid.uuid4(), kind=kind, target=target,
+                                    params=params, requested_by=caller.name,
+                                    summary=summary)
+    except asyncpg.UniqueViolationError:
+        running = await repo.active_backup(conn, target)
+        running_id = str(running["id"]) if running else None
+        raise Conflict(f"a backup of {target} is already queued or running "
+                       f"(job {running_id})", job_id=running_id) from None
+    if idempotency_key is not None and not await repo.insert_idempotency(
+            conn, caller.name, idempotency_key, digest, row["id"]):
+        # A concurrent request with the same key committed first: replay its answer.
+        raise _Retry()
+    await audit_repo.insert(conn, actor=caller.name, action=f"{kind}.request",
+                            target=target, outcome="accepted", job_id=row["id"],
+                            details={"params": params})
+    return row
+
+
+async def get(services: Services, job_id: uuid.UUID) -> Job:
+    async with services.pool.acquire() as conn:
+        row = await repo.get(conn, job_id)
+    if row is None:
+        raise NotFound(f"no job {job_id}")
+    return Job.from_row(row)
+
+
+async def list_jobs(services: Services, *, target: str | None, kind: str | None,
+                    status: str | None, cursor: str | None, limit: int) -> JobList:
+    after = pagination.decode(cursor, 2)
+    key: tuple[datetime, uuid.UUID] | None = None
+    if after is not None:
+        try:
+            key = (datetime.fromisoformat(after[0]), uuid.UUID(after[1]))
+        except (TypeError, ValueError):
+            raise InvalidRequest("cursor is not one this service issued") from None
+    async with services.pool.acquire() as conn:
+        rows = await repo.list_page(conn, target=target, kind=kind, status=status, after=key,
+                                    limit=limit + 1)
+    items = [Job.from_row(r) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = pagination.encode([last.created_at.isoformat(), str(last.id)])
+    return JobList(items=items, next_cursor=next_cursor)
+
+
+async def cancel(services: Services, caller: Principal, job_id: uuid.UUID) -> Job:
+    """Cancel a queued job at once, or ask the running job's worker to stop it.
+
+    Cancelling a job that already ended changes nothing and answers with the job as it is:
+    a bot racing a fast job gets the outcome, not an error."""
+    async with services.pool.acquire() as conn, conn.transaction():
+        current = await repo.get(conn, job_id)
+        if current is None:
+            raise NotFound(f"no job {job_id}")
+        if current["status"] in TERMINAL:
+            return Job.from_row(current)
+        row = await repo.request_cancel(conn, job_id)
+        await audit_repo.insert(conn, actor=caller.name, action="job.cancel",
+                                target=row["target"], outcome="accepted", job_id=job_id)
+    if job_id in services.runner.running:
+        await services.runner.check_cancel_now()
+    return Job.from_row(row)

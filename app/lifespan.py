@@ -1,0 +1,114 @@
+"""What the app holds while it runs: created on start, closed on stop.
+
+Start-up checks, each a readable failure: the metadata database answers, the storage is usable,
+``pg_dump``/``pg_restore``/``gpg``/``zstd`` are installed, and every recipient key can encrypt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+
+from app import db
+from app.config import ConfigError, Settings
+from app.integrations import gpg, pg_tools
+from app.integrations.storage import Storage, open_storage
+from app.integrations.webhooks import Notifier
+from app.jobs.runner import JobRunner
+from app.monitoring.service import MonitoringPools
+from app.schedules.service import Scheduler
+
+log = structlog.get_logger("pgvault")
+
+REQUIRED_TOOLS = ["pg_dump", "pg_dumpall", "pg_restore", "psql", "gpg", "zstd"]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: Any
+    storage: Storage
+    monitoring: MonitoringPools
+    tools: dict[str, Any]
+    notifier: Notifier
+    runner: JobRunner = field(init=False)
+    scheduler: Scheduler = field(init=False)
+    # Manifests never change once written: cache them by key.
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+async def check_tools() -> dict[str, Any]:
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise ConfigError(f"required programs not found on PATH: {', '.join(missing)}")
+    return {
+        "pg_dump_major": await pg_tools.tool_major_version("pg_dump"),
+        "pg_dump_version": await pg_tools.tool_version_text("pg_dump"),
+    }
+
+
+async def start_services(settings: Settings) -> Services:
+    from app.handlers import CLEANUPS, HANDLERS
+
+    tools = await check_tools()
+    try:
+        await gpg.check_recipients(settings.gpg_home, settings.gpg_recipients)
+    except gpg.KeyringError as exc:
+        raise ConfigError(f"PGVAULT_GPG_RECIPIENTS / PGVAULT_GPG_HOME: {exc}") from None
+    try:
+        pool = await db.create_pool(settings)
+    except Exception as exc:
+        dsn = settings.metadata_dsn
+        raise ConfigError(f"PGVAULT_DATABASE_URL: cannot connect to {dsn.redacted()}: "
+                          f"{type(exc).__name__}") from None
+    storage = await open_storage(settings)
+    from app.restore.fetch import sweep_orphans
+
+    for path in await asyncio.to_thread(sweep_orphans, settings.work_dir):
+        log.warning("scratch_swept", path=str(path))
+    notifier = Notifier(settings.webhooks, attempts=settings.webhook_max_attempts,
+                        backoff_s=settings.webhook_backoff_s)
+    services = Services(settings=settings, pool=pool, storage=storage,
+                        monitoring=MonitoringPools(settings), tools=tools, notifier=notifier)
+    services.runner = JobRunner(services, HANDLERS, CLEANUPS)
+    services.scheduler = Scheduler(services)
+    return services
+
+
+async def stop_services(services: Services) -> None:
+    await services.scheduler.stop()
+    await services.runner.stop()
+    await services.notifier.close()
+    with contextlib.suppress(Exception):
+        await services.monitoring.close()
+    with contextlib.suppress(Exception):
+        await services.storage.close()
+    await services.pool.close()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    try:
+        services = await start_services(settings)
+    except ConfigError as exc:
+        log.error("startup_failed", reason=str(exc))
+        raise
+    app.state.services = services
+    services.runner.start()
+    if settings.scheduler_enabled:
+        services.scheduler.start()
+    log.info("started", targets=sorted(settings.targets), storage=settings.storage_url,
+             runner=services.runner.owner)
+    try:
+        yield
+    finally:
+        log.info("stopping")
+        await stop_services(services)

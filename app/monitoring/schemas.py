@@ -1,0 +1,130 @@
+"""Monitoring views as the API shows them; each mirrors a dict from ``service.get_view``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Row(BaseModel):
+    # ``schema`` would shadow a BaseModel attribute: stored as ``schema_name``, shown as
+    # ``schema``.
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class _View(BaseModel):
+    target: str = Field(description="target name")
+    taken_at: datetime = Field(description="when the view was taken (UTC)")
+
+
+class ActiveConnection(BaseModel):
+    pid: int
+    database: str | None
+    user: str | None
+    application_name: str | None
+    client_addr: str | None = Field(description="null for a Unix-socket or background process")
+    state: str | None
+    wait_event_type: str | None
+    wait_event: str | None
+    query: str | None = Field(description="query text, truncated to monitoring_query_max_chars")
+    duration_s: float | None = Field(description="seconds since the current query started")
+    backend_type: str | None
+
+
+class ClientConnections(BaseModel):
+    user: str | None
+    client_addr: str | None
+    count: int = Field(description="client connections from this user and address")
+    active: int = Field(description="of which not idle")
+
+
+class ConnectionsView(_View):
+    total_connections: int = Field(description="client connections, all databases")
+    max_connections: int
+    used_percent: float
+    active_count: int = Field(description="sessions not idle, ours excluded")
+    long_running_count: int = Field(description="client sessions busy longer than the threshold")
+    long_query_seconds: float = Field(description="the long-running threshold")
+    active: list[ActiveConnection]
+    by_client: list[ClientConnections]
+
+
+class TableBloat(_Row):
+    schema_name: str = Field(alias="schema")
+    table: str
+    size_bytes: int = Field(description="heap and TOAST pages")
+    bloat_bytes: int | None = Field(description="estimated; null when never analyzed")
+    bloat_ratio: float | None = Field(description="bloat_bytes / size_bytes, 0 to 1")
+    fillfactor: int
+    reliable: bool = Field(description="false when statistics are missing or unusable")
+
+
+class IndexBloat(_Row):
+    schema_name: str = Field(alias="schema")
+    table: str
+    index: str
+    size_bytes: int
+    bloat_bytes: int | None = Field(description="estimated; null when never analyzed")
+    bloat_ratio: float | None = Field(description="bloat_bytes / size_bytes, 0 to 1")
+    fillfactor: int
+    reliable: bool = Field(description="false when statistics are missing or unusable")
+
+
+class BloatView(_View):
+    tables: list[TableBloat] = Field(description="tables and materialized views, most bloat first")
+    indexes: list[IndexBloat] = Field(description="B-tree indexes, most bloat first")
+
+
+class UnusedIndex(_Row):
+    schema_name: str = Field(alias="schema")
+    table: str
+    index: str
+    size_bytes: int
+    definition: str
+
+
+class InvalidIndex(_Row):
+    schema_name: str = Field(alias="schema")
+    table: str
+    index: str
+    definition: str
+
+
+class IndexesView(_View):
+    unused_count: int = Field(description="all unused indexes, even beyond the list's limit")
+    unused_bytes: int
+    invalid_count: int
+    stats_reset: datetime | None = Field(
+        description="scan counts start here; null: since the statistics were created")
+    unused: list[UnusedIndex] = Field(
+        description="never scanned and enforcing no constraint, largest first")
+    invalid: list[InvalidIndex] = Field(description="indisvalid = false (e.g. a failed "
+                                        "CREATE INDEX CONCURRENTLY)")
+
+
+class TableStats(_Row):
+    schema_name: str = Field(alias="schema")
+    table: str
+    n_live_tup: int
+    n_dead_tup: int
+    dead_ratio: float = Field(description="dead / (live + dead), 0 to 1")
+    last_vacuum: datetime | None
+    last_autovacuum: datetime | None
+    last_analyze: datetime | None
+    last_autoanalyze: datetime | None
+    total_bytes: int | None = Field(description="table, TOAST and indexes")
+
+
+class TablesView(_View):
+    tables: list[TableStats] = Field(description="most dead tuples first")
+
+
+class SnapshotView(_View):
+    summary: str = Field(description="one line for chat bots, e.g. '12/100 connections (12%), "
+                         "2 long-running queries, 3 unused indexes (48 MB), 1 invalid index, "
+                         "worst bloat: public.orders 37% (1.2 GB)'")
+    connections: ConnectionsView
+    bloat: BloatView
+    indexes: IndexesView
+    tables: TablesView

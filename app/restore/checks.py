@@ -1,0 +1,58 @@
+"""Post-restore steps and checks (SPEC 2.3's runbook checklist). All SQL here, run on the restored
+database; identifiers are quoted by the server (``format('%I')``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INVALID_INDEXES = """
+SELECT n.nspname AS schema, c.relname AS name, t.relname AS table
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT i.indisvalid OR NOT i.indisready ORDER BY 1, 2"""
+
+UNVALIDATED_CONSTRAINTS = """
+SELECT n.nspname AS schema, c.conname AS name, t.relname AS table
+FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE NOT c.convalidated ORDER BY 1, 2"""
+
+SUBSCRIPTIONS = """SELECT subname AS name, subenabled AS enabled FROM pg_subscription
+WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+
+
+async def compare_rows(conn: Any, tables: list[dict[str, Any]]) -> dict[str, Any]:
+    """Count every table of the manifest in the restored database."""
+    mismatches = []
+    checked = 0
+    for table in tables:
+        if table.get("rows") is None:
+            continue
+        sql = await conn.fetchval("SELECT format('SELECT count(*) FROM ONLY %I.%I', $1::text, "
+                                  "$2::text)", table["schema"], table["name"])
+        error: str | None = None
+        try:
+            rows = await conn.fetchval(sql)
+        except Exception as exc:  # a table that did not come back is a mismatch, not a crash
+            rows = None
+            error = type(exc).__name__
+        checked += 1
+        if rows != table["rows"]:
+            mismatches.append({"schema": table["schema"], "name": table["name"],
+                               "expected": table["rows"], "found": rows, "error": error})
+    return {"tables_checked": checked, "mismatches": mismatches, "ok": not mismatches}
+
+
+async def invalid_indexes(conn: Any) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(INVALID_INDEXES)]
+
+
+async def unvalidated_constraints(conn: Any) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(UNVALIDATED_CONSTRAINTS)]
+
+
+async def subscriptions(conn: Any) -> list[dict[str, Any]]:
+    try:
+        return [dict(r) for r in await conn.fetch(SUBSCRIPTIONS)]
+    except Exception:
+        return []

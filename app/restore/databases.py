@@ -1,0 +1,32 @@
+"""Creating and dropping databases on a target's server. Names are validated by pattern before
+they get here and quoted by the server (``quote_ident``), never by Python string formatting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def exists(conn: Any, name: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+
+
+async def create(conn: Any, name: str, *, encoding: str | None = None,
+                 collate: str | None = None, ctype: str | None = None) -> None:
+    """An empty database from template0, with the source's encoding and locale when known
+    (pg_restore needs template0: template1 may hold objects of its own)."""
+    sql = await conn.fetchval(
+        """SELECT format('CREATE DATABASE %I TEMPLATE template0', $1::text)
+                  || coalesce(format(' ENCODING %L', $2::text), '')
+                  || coalesce(format(' LC_COLLATE %L', $3::text), '')
+                  || coalesce(format(' LC_CTYPE %L', $4::text), '')""",
+        name, encoding, collate, ctype)
+    await conn.execute(sql)
+
+
+async def drop(conn: Any, name: str) -> None:
+    quoted = await conn.fetchval("SELECT quote_ident($1)", name)
+    await conn.execute("DROP DATABASE IF EXISTS " + quoted + " WITH (FORCE)")
+
+
+async def roles(conn: Any) -> set[str]:
+    return {r["rolname"] for r in await conn.fetch("SELECT rolname FROM pg_roles")}

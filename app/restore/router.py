@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Response
+
+from app.backup.router import IdempotencyKey
+from app.dependencies import Admin, BackupId, Operator, ServicesDep, TargetName, known_target
+from app.jobs.schemas import Job
+from app.restore import requests
+from app.restore.schemas import RestoreRequest, VerifyRequest
+
+router = APIRouter(prefix="/v1/targets", tags=["restores"])
+
+
+@router.post("/{target}/restores", response_model=Job, status_code=202)
+async def start_restore(target: TargetName, body: RestoreRequest, services: ServicesDep,
+                        caller: Admin, response: Response,
+                        idempotency_key: IdempotencyKey = None) -> Job:
+    """Restore an archive into a new database (default) or in place; the result has a checklist."""
+    job = await requests.start_restore(services, caller, known_target(services, target), body,
+                                       idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job
+
+
+@router.post("/{target}/archives/{backup_id}/verify", response_model=Job, status_code=202)
+async def start_verify(target: TargetName, backup_id: BackupId, services: ServicesDep,
+                       caller: Operator, response: Response,
+                       body: Annotated[VerifyRequest | None, Body()] = None,
+                       idempotency_key: IdempotencyKey = None) -> Job:
+    """Verify an archive: checksum (hash, decrypt, TOC) or restore (into a scratch database)."""
+    job = await requests.start_verify(services, caller, known_target(services, target), backup_id,
+                                      body or VerifyRequest(), idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job

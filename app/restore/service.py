@@ -1,0 +1,265 @@
+"""The restore and verify commands (SPEC 2.3, 2.4), as lists of named steps.
+
+restore:  fetch (download, check every hash, decrypt) -> globals (optional) -> create database
+          (new_database) -> pg_restore -> post-restore checklist.
+verify:   fetch -> ``pg_restore --list`` (checksum) or restore into a scratch database, compare and
+          drop it (restore).
+
+Nothing touches the destination before every object's hash has been checked and decrypted with
+gpg's success status. A ``new_database`` restore that fails is dropped; an ``in_place`` restore runs
+``--clean --if-exists --single-transaction``, so a failure rolls the target back to what it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from app.archives.service import load_manifest
+from app.config import PgDsn
+from app.errors import NotFound, StepFailed
+from app.integrations import pg_tools
+from app.integrations.process import PipelineError, run
+from app.integrations.target_db import connect_target
+from app.maintenance import tasks as maintenance
+from app.restore import checks, databases, fetch
+from app.restore import globals as globals_
+from app.restore.in_place import replace_in_place
+
+if TYPE_CHECKING:
+    from app.jobs.runner import JobContext
+    from app.lifespan import Services
+
+
+def default_database_name(target: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"{target.replace('-', '_')[:40]}_restore_{now:%Y%m%d%H%M%S}"
+
+
+async def _manifest(ctx: JobContext) -> dict[str, Any]:
+    try:
+        return await load_manifest(ctx.services, ctx.target, ctx.params["backup_id"],
+                                   fresh=True)
+    except NotFound as exc:
+        raise StepFailed("manifest", exc.detail) from None
+
+
+async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path, *,
+                      jobs: int) -> None:
+    await ctx.set_phase("restore")
+    stage = pg_tools.pg_restore_stage(dsn, database, dump, jobs=jobs)
+    try:
+        await run(stage)
+    except PipelineError as exc:
+        raise StepFailed("pg_restore", str(exc)) from None
+
+
+async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path) -> dict[str, Any]:
+    await ctx.set_phase("globals")
+    conn = await connect_target(dsn)
+    try:
+        existing = await databases.roles(conn)
+    finally:
+        await conn.close()
+    script = await asyncio.to_thread(sql_file.read_text)
+    plan = globals_.plan(script, existing)
+    filtered = sql_file.with_name("globals.filtered.sql")
+    await asyncio.to_thread(filtered.write_text, plan.sql)
+    try:
+        await run(pg_tools.psql_stage(dsn, dsn.database, filtered, single_transaction=True))
+    except PipelineError as exc:
+        raise StepFailed("globals", str(exc)) from None
+    return {"created": plan.created, "skipped_existing": plan.skipped,
+            "login_roles": plan.login_roles}
+
+
+async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
+                        doc: dict[str, Any]) -> dict[str, Any]:
+    """The runbook's post-restore steps. The data is restored by now: a step that fails is
+    reported in ``errors`` (and fails the row check when it is the count), never undoes it."""
+    await ctx.set_phase("post-restore")
+    errors: list[str] = []
+    found: dict[str, Any] = {}
+    steps = {
+        "analyze": lambda c: maintenance.analyze(c),
+        "materialized_views_refreshed": lambda c: maintenance.refresh_materialized_views(c),
+        "row_counts": lambda c: checks.compare_rows(c, doc.get("tables") or []),
+        "invalid_indexes": checks.invalid_indexes,
+        "unvalidated_constraints": checks.unvalidated_constraints,
+        "subscriptions": checks.subscriptions,
+    }
+    conn = await connect_target(dsn, database)
+    try:
+        for name, step in steps.items():
+            try:
+                found[name] = await step(conn)
+            except (StepFailed, asyncpg.PostgresError) as exc:
+                detail = exc.detail if isinstance(exc, StepFailed) else (
+                    f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})")
+                errors.append(f"{name}: {detail}")
+    finally:
+        await conn.close()
+    subs = found.get("subscriptions") or []
+    return {"analyze": {"done": "analyze" in found, **found.get("analyze", {})},
+            "materialized_views_refreshed": found.get("materialized_views_refreshed", []),
+            "row_counts": found.get("row_counts", {"ok": False, "tables_checked": 0,
+                                                   "mismatches": []}),
+            "invalid_indexes": found.get("invalid_indexes", []),
+            "unvalidated_constraints": found.get("unvalidated_constraints", []),
+            "subscriptions_to_enable": [s["name"] for s in subs if not s["enabled"]]
+            or [s["name"] for s in doc.get("subscriptions") or []],
+            "errors": errors}
+
+
+async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
+    started = time.monotonic()
+    settings = ctx.services.settings
+    dsn = settings.targets[ctx.target].parsed_dsn
+    params = ctx.params
+    in_place = params["mode"] == "in_place"
+    database = dsn.database if in_place else params["database"]
+    severity = int(params.get("severity") or 2)
+    doc = await _manifest(ctx)
+    created = False
+    roles: dict[str, Any] = {"created": [], "skipped_existing": [], "login_roles": []}
+
+    try:
+        async with fetch.scratch_dir(ctx) as workdir:
+            plain = await fetch.fetch(ctx, doc, workdir)
+            if params.get("include_globals") and "globals" in plain:
+                roles = await _apply_globals(ctx, dsn, plain["globals"])
+            if not in_place:
+                await ctx.set_phase("create database")
+                conn = await connect_target(dsn)
+                try:
+                    await _create_database(conn, database, doc)
+                    created = True
+                    await ctx.note_cleanup("drop_database", database)
+                finally:
+                    await conn.close()
+            if in_place:
+                await replace_in_place(ctx, dsn, plain["database"], doc)
+            else:
+                await _pg_restore(ctx, dsn, database, plain["database"],
+                                  jobs=int(params["jobs"]))
+    except BaseException:
+        if created:
+            await asyncio.shield(_drop_quietly(dsn, database))
+        raise
+    await ctx.note_cleanup("drop_database", None)
+    checklist = await _post_restore(ctx, dsn, database, doc)
+
+    duration = time.monotonic() - started
+    rto_hours = settings.rto_hours[severity]
+    checklist["roles_to_reset_password"] = roles["login_roles"]
+    checklist["globals"] = roles if params.get("include_globals") else None
+    rows_ok = checklist["row_counts"]["ok"]
+    result = {
+        "backup_id": doc["backup_id"], "mode": params["mode"], "database": database,
+        "duration_s": round(duration, 3), "severity": severity, "rto_hours": rto_hours,
+        "rto_met": duration <= rto_hours * 3600, "rows_match": rows_ok, "checklist": checklist,
+    }
+    summary = (f"restored {doc['backup_id']} into {database} in {duration:.1f} s "
+               f"(RTO {'met' if result['rto_met'] else 'MISSED'}); rows "
+               f"{'match' if rows_ok else 'DIFFER'}; "
+               f"{len(checklist['invalid_indexes'])} invalid index(es), "
+               f"{len(checklist['roles_to_reset_password'])} role(s) need a password, "
+               f"{len(checklist['subscriptions_to_enable'])} subscription(s) to enable")
+    return result, summary
+
+
+async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
+    started = time.monotonic()
+    level = ctx.params.get("level", "checksum")
+    doc = await _manifest(ctx)
+    dsn = ctx.services.settings.targets[ctx.target].parsed_dsn
+    result: dict[str, Any] = {"backup_id": doc["backup_id"], "level": level}
+    async with fetch.scratch_dir(ctx) as workdir:
+        plain = await fetch.fetch(ctx, doc, workdir)
+        result["objects_checked"] = len(doc.get("objects") or [])
+        await ctx.set_phase("table of contents")
+        try:
+            toc = await run(pg_tools.pg_restore_list_stage(plain["database"]))
+        except PipelineError as exc:
+            raise StepFailed("pg_restore --list", str(exc)) from None
+        result["toc_entries"] = sum(1 for line in toc.decode().splitlines()
+                                    if line and not line.startswith(";"))
+        if level == "restore":
+            scratch = f"pgvault_verify_{secrets.token_hex(4)}"
+            result["scratch_database"] = scratch
+            conn = await connect_target(dsn)
+            try:
+                await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
+                await _create_database(conn, scratch, doc)
+            finally:
+                await conn.close()
+            try:
+                await _pg_restore(ctx, dsn, scratch, plain["database"], jobs=2)
+                await ctx.set_phase("compare")
+                conn = await connect_target(dsn, scratch)
+                try:
+                    result["row_counts"] = await checks.compare_rows(conn, doc.get("tables") or [])
+                    result["invalid_indexes"] = await checks.invalid_indexes(conn)
+                    result["unvalidated_constraints"] = await checks.unvalidated_constraints(conn)
+                finally:
+                    await conn.close()
+            finally:
+                await asyncio.shield(_drop_quietly(dsn, scratch))
+            await ctx.note_cleanup("drop_database", None)
+    result["duration_s"] = round(time.monotonic() - started, 3)
+    problems = []
+    if level == "restore":
+        if not result["row_counts"]["ok"]:
+            problems.append(f"{len(result['row_counts']['mismatches'])} table(s) differ")
+        if result["invalid_indexes"]:
+            problems.append(f"{len(result['invalid_indexes'])} invalid index(es)")
+        if result["unvalidated_constraints"]:
+            problems.append(f"{len(result['unvalidated_constraints'])} unvalidated constraint(s)")
+    if problems:
+        raise StepFailed("compare", "; ".join(problems))
+    summary = (f"{level} verification of {doc['backup_id']} passed: "
+               f"{result['objects_checked']} object(s), {result['toc_entries']} TOC entries"
+               + (f", {result['row_counts']['tables_checked']} tables match"
+                  if level == "restore" else "")
+               + f" in {result['duration_s']:.1f} s")
+    return result, summary
+
+
+async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
+    try:
+        await databases.create(conn, name, encoding=doc.get("database_encoding"),
+                               collate=doc.get("database_collate"),
+                               ctype=doc.get("database_ctype"))
+    except asyncpg.DuplicateDatabaseError:
+        raise StepFailed("create database", f"database {name} already exists; pick another "
+                                            "name or drop it first") from None
+    except asyncpg.PostgresError as exc:
+        raise StepFailed("create database", f"cannot create {name} with the source's encoding "
+                         f"and locale ({type(exc).__name__}, SQLSTATE {exc.sqlstate})") from None
+
+
+async def _drop_quietly(dsn: PgDsn, database: str) -> None:
+    with contextlib.suppress(Exception):
+        conn = await connect_target(dsn)
+        try:
+            await databases.drop(conn, database)
+        finally:
+            await conn.close()
+
+
+async def cleanup_restore(services: Services, cleanup: dict[str, Any], target: str) -> None:
+    """Undo a dead worker's restore or verification: its scratch folder and database."""
+    scratch = cleanup.get("scratch_dir")
+    if scratch:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+    database = cleanup.get("drop_database")
+    if database and target in services.settings.targets:
+        await _drop_quietly(services.settings.targets[target].parsed_dsn, database)

@@ -1,0 +1,49 @@
+"""Target status: configuration, last good backup and the recovery point objective."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from croniter import croniter
+
+from app.jobs import repository as jobs_repo
+from app.targets.schemas import LastBackup, Schedule, TargetList, TargetStatus
+
+if TYPE_CHECKING:
+    from app.lifespan import Services
+
+
+def _status(services: Services, name: str, last: Any, now: datetime) -> TargetStatus:
+    cfg = services.settings.targets[name]
+    dsn = cfg.parsed_dsn
+    last_backup = None
+    if last is not None:
+        last_backup = LastBackup(
+            backup_id=last["result"]["backup_id"], job_id=last["id"],
+            finished_at=last["finished_at"], size_bytes=last["result"].get("size_bytes", 0),
+            age_s=round((now - last["finished_at"]).total_seconds(), 1))
+    rpo_ok = last_backup is not None and last_backup.age_s <= services.settings.rpo_hours * 3600
+    schedules = {}
+    for kind, expr in cfg.effective_schedules().items():
+        next_run = croniter(expr, now).get_next(datetime) if expr else None
+        schedules[kind] = Schedule(cron=expr, next_run=next_run)
+    return TargetStatus(
+        name=name, dsn=dsn.redacted(), database=dsn.database, last_backup=last_backup,
+        rpo_hours=services.settings.rpo_hours, rpo_ok=rpo_ok,
+        retention_days=cfg.retention_days, retention_min_backups=cfg.retention_min_backups,
+        exclude_schemas=cfg.exclude_schemas, schedules=schedules)
+
+
+async def list_targets(services: Services) -> TargetList:
+    names = sorted(services.settings.targets)
+    async with services.pool.acquire() as conn:
+        rows = {r["target"]: r for r in await jobs_repo.last_succeeded(conn, "backup", names)}
+    now = datetime.now(UTC)
+    return TargetList(items=[_status(services, n, rows.get(n), now) for n in names])
+
+
+async def get_target(services: Services, name: str) -> TargetStatus:
+    async with services.pool.acquire() as conn:
+        rows = await jobs_repo.last_succeeded(conn, "backup", [name])
+    return _status(services, name, rows[0] if rows else None, datetime.now(UTC))
