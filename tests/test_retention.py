@@ -1,0 +1,120 @@
+"""Retention and archive deletion against real archives in moto's S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.archives.retention import plan
+from app.archives.schemas import Archive, Verification
+from tests.conftest import auth, backup, dsn, running_app, wait_job
+from tests.test_backup import archive_keys, pending_uploads
+
+
+def ids(items: list[dict[str, Any]]) -> list[str]:
+    return [i["backup_id"] for i in items]
+
+
+def copy_archive(s3: Any, bucket: str, target: str, src: str, dst: str,
+                 manifest: bool = True) -> None:
+    for key in archive_keys(s3, bucket, target):
+        if f"/{src}/" not in key:
+            continue
+        name = key.rsplit("/", 1)[1]
+        if name == "manifest.json" and not manifest:
+            continue
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if name == "manifest.json":
+            doc = json.loads(body)
+            doc["backup_id"] = dst
+            body = json.dumps(doc).encode()
+        s3.put_object(Bucket=bucket, Key=key.replace(f"/{src}/", f"/{dst}/"), Body=body)
+
+
+async def test_retention_keeps_minimum_and_newest_and_cleans_the_rest(
+        make_settings: Any, pagila_db: str, s3: Any, bucket: str) -> None:
+    settings = make_settings(incomplete_grace_hours=0.0001, targets={"ret": {
+        "dsn": dsn(pagila_db), "retention_days": 30, "retention_min_backups": 2}})
+    async with running_app(settings) as c:
+        real = (await backup(c, "ret"))["result"]["backup_id"]
+        old = ["20200301T000000Z-aaaaaa", "20200201T000000Z-bbbbbb", "20200101T000000Z-cccccc"]
+        for bid in old:
+            copy_archive(s3, bucket, "ret", real, bid)
+        incomplete = "20191201T000000Z-dddddd"
+        copy_archive(s3, bucket, "ret", real, incomplete, manifest=False)
+        s3.create_multipart_upload(Bucket=bucket,
+                                   Key=f"archives/ret/{incomplete}/stale.gpg")
+        await asyncio.sleep(1)  # past the (tiny) grace period
+        before = sorted(archive_keys(s3, bucket, "ret"))
+
+        resp = await c.post("/v1/targets/ret/retention", headers=auth("admin"),
+                            json={"dry_run": True})
+        assert resp.status_code == 202
+        dry = await wait_job(c, resp.json()["id"])
+        assert dry["status"] == "succeeded", dry
+        expected = sorted([old[1], old[2], incomplete])
+        assert sorted(ids(dry["result"]["deleted"])) == expected
+        assert sorted(ids(dry["result"]["kept"])) == sorted([real, old[0]])
+        assert len(dry["result"]["uploads_aborted"]) == 1
+        assert sorted(archive_keys(s3, bucket, "ret")) == before  # nothing changed
+        assert pending_uploads(s3, bucket, "ret")
+
+        resp = await c.post("/v1/targets/ret/retention", headers=auth("admin"), json={})
+        done = await wait_job(c, resp.json()["id"])
+        assert done["status"] == "succeeded"
+        assert sorted(ids(done["result"]["deleted"])) == expected
+        left = {k.split("/")[2] for k in archive_keys(s3, bucket, "ret")}
+        assert left == {real, old[0]}
+        assert pending_uploads(s3, bucket, "ret") == []
+
+        # Deleting one of the two that remain would break the minimum of 2.
+        refused = await c.delete(f"/v1/targets/ret/archives/{old[0]}", headers=auth("admin"))
+        assert refused.status_code == 409
+        assert refused.headers["content-type"] == "application/problem+json"
+        operator = await c.delete(f"/v1/targets/ret/archives/{old[0]}",
+                                  headers=auth("operator"))
+        assert operator.status_code == 403
+        viewer = await c.post("/v1/targets/ret/retention", headers=auth("operator"), json={})
+        assert viewer.status_code == 403
+        audit = (await c.get("/v1/audit?target=ret", headers=auth("admin"))).json()["items"]
+        assert any(e["action"] == "archive.delete" and e["outcome"] == "refused" for e in audit)
+
+
+async def test_delete_archive_allowed_above_minimum(make_settings: Any, pagila_db: str,
+                                                    s3: Any, bucket: str) -> None:
+    settings = make_settings(targets={"del": {"dsn": dsn(pagila_db),
+                                              "retention_min_backups": 1}})
+    async with running_app(settings) as c:
+        first = (await backup(c, "del"))["result"]["backup_id"]
+        await backup(c, "del")
+        resp = await c.delete(f"/v1/targets/del/archives/{first}", headers=auth("admin"))
+        assert resp.status_code == 204
+        assert not [k for k in archive_keys(s3, bucket, "del") if f"/{first}/" in k]
+        gone = await c.get(f"/v1/targets/del/archives/{first}", headers=auth("viewer"))
+        assert gone.status_code == 404
+
+
+def archive(bid: str, complete: bool = True, failed: bool = False) -> Archive:
+    verification = None
+    if failed:
+        verification = Verification(status="failed", level="checksum",
+                                    job_id="00000000-0000-0000-0000-000000000000",
+                                    finished_at=None, summary="")
+    return Archive(backup_id=bid, target="t", created_at=datetime.strptime(
+        bid[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC), size_bytes=1, complete=complete,
+        verification=verification)
+
+
+def test_plan_never_counts_broken_archives_as_good() -> None:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    archives = [archive("20260531T000000Z-aaaaaa", failed=True),   # newest, but failed verify
+                archive("20260530T000000Z-bbbbbb", complete=False),  # in flight? past grace
+                archive("20250101T000000Z-cccccc"),                  # old but the newest good
+                archive("20240101T000000Z-dddddd")]
+    delete, keep = plan(archives, now=now, retention_days=30, min_backups=1,
+                        grace=timedelta(hours=1), busy={"20260530T000000Z-bbbbbb"})
+    assert ids(keep) == ["20260531T000000Z-aaaaaa", "20260530T000000Z-bbbbbb",
+                         "20250101T000000Z-cccccc"]
+    assert ids(delete) == ["20240101T000000Z-dddddd"]

@@ -1,0 +1,161 @@
+"""The small pure pieces: each decides something a user would notice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.backup.manifest import backup_time, new_backup_id
+from app.config import BACKUP_ID_RE, PgDsn
+from app.integrations.gpg import decryption_succeeded
+from app.integrations.pg_tools import ToolVersionError, check_dump_version, conninfo_dbname
+from app.restore.globals import plan
+from app.restore.in_place import dump_schemas
+from app.restore.service import default_database_name
+from app.security import redact
+
+
+def test_pg_dump_older_than_the_server_is_refused() -> None:
+    check_dump_version(15, 150020)
+    check_dump_version(16, 150020)
+    with pytest.raises(ToolVersionError, match="pg_dump 15 cannot dump a PostgreSQL 16 server"):
+        check_dump_version(15, 160002)
+
+
+def test_backup_ids_match_the_contract_and_sort_by_time() -> None:
+    first = new_backup_id()
+    assert BACKUP_ID_RE.match(first)
+    assert backup_time(first).year >= 2026
+    assert new_backup_id(backup_time("20300101T000000Z-aaaaaa")) > first
+
+
+def test_default_restore_database_name_is_valid() -> None:
+    from app.config import DATABASE_NAME_RE
+
+    name = default_database_name("my-target-" + "x" * 60)
+    assert DATABASE_NAME_RE.match(name) and len(name) <= 63
+
+
+def test_globals_plan_skips_existing_roles_and_lists_login_roles() -> None:
+    script = "\n".join([
+        "CREATE ROLE postgres;",
+        "ALTER ROLE postgres WITH SUPERUSER LOGIN;",
+        'CREATE ROLE "App User";',
+        'ALTER ROLE "App User" WITH NOSUPERUSER LOGIN;',
+        "CREATE ROLE readers;",
+        "ALTER ROLE readers WITH NOLOGIN;",
+        'GRANT readers TO "App User" GRANTED BY postgres;',
+    ])
+    result = plan(script, {"postgres"})
+    assert "ALTER ROLE postgres" not in result.sql and "CREATE ROLE postgres" not in result.sql
+    assert result.created == ["App User", "readers"]
+    assert result.login_roles == ["App User"]
+    assert result.skipped == ["postgres"]
+    assert "GRANT readers" in result.sql
+
+
+def test_dump_schemas_read_from_the_table_of_contents() -> None:
+    toc = """;
+; Archive created at 2026-11-24 15:30:37 UTC
+3; 2615 2200 SCHEMA - public postgres
+4; 2615 16390 SCHEMA - sales app
+5; 1259 16400 TABLE public actor postgres
+"""
+    assert dump_schemas(toc) == ["public", "sales"]
+
+
+def test_decryption_trusted_only_with_okay_and_no_failure() -> None:
+    ok = "[GNUPG:] BEGIN_DECRYPTION\n[GNUPG:] DECRYPTION_OKAY\n[GNUPG:] END_DECRYPTION\n"
+    assert decryption_succeeded(ok)
+    assert not decryption_succeeded("[GNUPG:] BEGIN_DECRYPTION\n[GNUPG:] END_DECRYPTION\n")
+    assert not decryption_succeeded(ok + "[GNUPG:] DECRYPTION_FAILED\n")
+    assert not decryption_succeeded(ok + "[GNUPG:] BADMDC\n")
+
+
+def test_dsn_password_stays_out_of_redacted_form_and_argv_material() -> None:
+    dsn = PgDsn.parse("postgresql://app:p%40ss@db.internal:6432/sales?sslmode=require")
+    assert dsn.redacted() == "postgresql://app:***@db.internal:6432/sales?sslmode=require"
+    env = dsn.libpq_env()
+    assert env["PGPASSWORD"] == "p@ss" and env["PGSSLMODE"] == "require"
+    assert env["PGDATABASE"] == "sales"
+    with pytest.raises(ValueError, match="unsupported parameters"):
+        PgDsn.parse("postgresql://u@h/db?host=/tmp")
+
+
+def test_conninfo_quotes_names() -> None:
+    assert conninfo_dbname("plain") == "dbname='plain'"
+    assert conninfo_dbname("it's") == "dbname='it\\'s'"
+
+
+def test_redact_removes_every_secret() -> None:
+    assert redact("failed for s3cret and s3cret-long", ["s3cret", "s3cret-long"]) == (
+        "failed for *** and ***")
+
+
+def test_stderr_keeps_errors_and_drops_quoted_data() -> None:
+    from app.integrations.process import reduce_stderr
+
+    text = """pg_restore: error: could not execute query: ERROR:  duplicate key value
+DETAIL:  Key (email)=(alice@example.com) already exists.
+CONTEXT:  COPY customer, line 3: "3\talice@example.com\tsecret-note"
+Command was: COPY public.customer (id, email) FROM stdin;
+pg_restore: warning: errors ignored on restore: 1
+"""
+    reduced = reduce_stderr(text)
+    assert "duplicate key value" in reduced and "errors ignored" in reduced
+    assert "alice@example.com" not in reduced and "secret-note" not in reduced
+
+
+async def test_part_size_grows_so_any_dump_fits_in_10000_parts() -> None:
+    from app.integrations import streaming
+    from app.integrations.process import Pipeline, Stage
+
+    class Recorder:
+        key, upload_id = "k", "u"
+
+        def __init__(self) -> None:
+            self.parts: list[int] = []
+
+        async def write_part(self, data: bytes) -> None:
+            self.parts.append(len(data))
+
+        async def complete(self) -> None:
+            pass
+
+        async def abort(self) -> None:
+            pass
+
+    class Store:
+        upload = Recorder()
+
+        async def start_upload(self, key: str) -> Recorder:
+            return self.upload
+
+    old = streaming.PARTS_PER_STEP
+    streaming.PARTS_PER_STEP = 2
+    try:
+        pipeline = await Pipeline([Stage("head", ["head", "-c", str(1000), "/dev/zero"])]).start()
+        stored = await streaming.pipeline_to_storage(pipeline, Store(), "k",  # type: ignore[arg-type]
+                                                     part_size=50)
+    finally:
+        streaming.PARTS_PER_STEP = old
+    assert Store.upload.parts[:6] == [50, 50, 100, 100, 200, 200]
+    assert stored.size_bytes == 1000 == sum(Store.upload.parts)
+
+
+def test_scratch_folders_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from app.restore.fetch import sweep_orphans
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    mine = tmp_path / f"pgvault-{os.getpid()}-abc"
+    orphan = tmp_path / f"pgvault-{gone.pid}-def"
+    for folder in (mine, orphan):
+        folder.mkdir()
+        (folder / "database.plain").write_bytes(b"decrypted")
+    assert sweep_orphans(tmp_path) == [orphan]
+    assert mine.exists() and not orphan.exists()
