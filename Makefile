@@ -1,0 +1,37 @@
+# pgvault: `make run` serves a demo on this machine, `make test` runs every check CI runs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit openapi bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m app.dev
+
+test: $(STAMP) lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests bench alembic
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+openapi: $(STAMP)
+	$(BIN)/python -m app.openapi > openapi/openapi.json
+
+bench: $(STAMP)
+	$(BIN)/python bench/backup.py --rows 3000000
+	$(BIN)/python bench/restore.py --rows 3000000
+
+clean:
+	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

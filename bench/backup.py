@@ -1,0 +1,252 @@
+"""Backup benchmark (SPEC section 7): pgvault against baselines measured in the same run.
+
+    .venv/bin/python bench/backup.py --rows 3000000     # the SPEC's size (a few minutes)
+    .venv/bin/python bench/backup.py --rows 200000      # a quick run
+
+On one freshly generated database of random text and jsonb it times
+
+1. a bare ``pg_dump -Fc > /dev/null``;
+2. the runbook's sequential script: ``pg_dump -Fc -f file``, ``gpg --encrypt`` of that file to
+   another file, then a boto3 multipart ``upload_file`` of it to the same S3 endpoint;
+3. a pgvault backup through the HTTP API, end to end (POST to ``succeeded``), while it samples the
+   service's resident memory every 50 ms, loops on ``GET /healthz`` and sends bursts of 50
+   concurrent clients reading the monitoring views.
+
+``--stages`` also times the pipeline's pieces by hand, to show which one dominates.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    PY,
+    BenchEnv,
+    Probes,
+    bench_env,
+    checkpoint,
+    cpu_summary,
+    header,
+    log,
+    mb,
+    ms,
+    parse_args,
+    pg_args,
+    print_table,
+    rss_summary,
+    run_job,
+    secs,
+    timed,
+    verdict,
+)
+
+UPLOAD = """
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")
+s3.upload_file(sys.argv[2], sys.argv[3], sys.argv[4])
+"""
+# The same, from stdin (multipart, 8 MiB parts): the end of a by-hand streaming pipeline.
+UPLOAD_STDIN = """
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")
+s3.upload_fileobj(sys.stdin.buffer, sys.argv[2], sys.argv[3])
+"""
+
+
+def bare_pg_dump(env: BenchEnv) -> float:
+    checkpoint()
+    return timed(["pg_dump", "-Fc", *pg_args(env.source_db)])
+
+
+def sequential(env: BenchEnv) -> dict[str, float]:
+    """The runbook: dump to a file, encrypt the file, upload it (a separate boto3 process, as
+    ``aws s3 cp`` would be, so it does not share this process's interpreter with moto)."""
+    dump, enc = env.tmp / "runbook.dump", env.tmp / "runbook.dump.gpg"
+    checkpoint()
+    out = {"dump_s": timed(["pg_dump", "-Fc", "-f", str(dump), *pg_args(env.source_db)])}
+    out["gpg_s"] = timed(env.gpg("-o", str(enc), "--encrypt", "-r", env.fpr, str(dump)))
+    out["upload_s"] = timed([PY, "-c", UPLOAD, env.s3_endpoint, str(enc), env.bucket,
+                             "runbook/runbook.dump.gpg"])
+    out["total_s"] = out["dump_s"] + out["gpg_s"] + out["upload_s"]
+    out["dump_bytes"] = dump.stat().st_size
+    out["encrypted_bytes"] = enc.stat().st_size
+    dump.unlink()
+    enc.unlink()
+    return out
+
+
+def stages(env: BenchEnv) -> dict[str, float]:
+    """The pipeline's pieces by hand, to /dev/null, then streamed to the same S3 endpoint (the
+    SPEC's reference pipelines)."""
+    src = " ".join(pg_args(env.source_db))
+    dump = f"pg_dump -Fc -Z0 {src}"
+    gpg = " ".join(env.gpg("--compress-algo", "none", "--encrypt", "-r", env.fpr))
+    gpg_default = " ".join(env.gpg("--encrypt", "-r", env.fpr))
+    upload = " ".join([PY, "-c", shlex.quote(UPLOAD_STDIN), env.s3_endpoint, env.bucket])
+    pipelines = {
+        "pg_dump -Fc -Z0": f"{dump} > /dev/null",
+        "pg_dump -Fc -Z0 | zstd -1 -T0": f"{dump} | zstd -q -1 -T0 > /dev/null",
+        "pg_dump -Fc -Z0 | zstd -1 -T0 | gpg --compress-algo none":
+            f"{dump} | zstd -q -1 -T0 | {gpg} > /dev/null",
+        "pg_dump -Fc -Z0 | zstd -1 -T0 | gpg --compress-algo none | upload":
+            f"{dump} | zstd -q -1 -T0 | {gpg} | {upload} stages/z0.zst.gpg",
+        "pg_dump -Fc | gpg | upload":
+            f"pg_dump -Fc {src} | {gpg_default} | {upload} stages/fc.gpg",
+    }
+    out = {}
+    for name, cmd in pipelines.items():
+        checkpoint()
+        out[name] = round(timed(cmd), 2)
+        log(f"stage {name}: {out[name]:.2f} s")
+    return out
+
+
+def main() -> int:
+    parser = parse_args(__doc__.splitlines()[0])
+    parser.add_argument("--stages", action="store_true",
+                        help="also time the pipeline's pieces by hand")
+    parser.add_argument("--no-quiet-run", action="store_true",
+                        help="skip the extra pgvault backup without latency clients")
+    parser.add_argument("--no-row-counts", action="store_true",
+                        help="target option row_counts=false: no exact row counts in the "
+                             "manifest (to see what counting costs)")
+    args = parser.parse_args()
+    options = {"row_counts": False} if args.no_row_counts else {}
+    with bench_env(args.rows, options) as env:
+        log("0/4 /healthz and monitoring latency with nothing running (reference)")
+        idle_probes = Probes(env.base_url, env.token, "bench", rounds_max=2,
+                             kind=args.burst_client)
+        try:
+            idle_h, idle_m = idle_probes.idle(2.5)
+        finally:
+            idle_probes.kill()
+        log("1/4 bare pg_dump -Fc > /dev/null")
+        bare = bare_pg_dump(env)
+        log(f"    {bare:.2f} s")
+        log("2/4 the runbook's sequential script (dump file, gpg, upload)")
+        seq = sequential(env)
+        log(f"    {seq['total_s']:.2f} s")
+        quiet = None
+        if not args.no_quiet_run:
+            log("3/4 pgvault backup through the API, nothing else running (for reference)")
+            checkpoint()
+            quiet = run_job(env, "/v1/targets/bench/backups", timeout=args.timeout)
+            log(f"    {quiet.wall_s:.2f} s")
+        log("4/4 pgvault backup through the API, with /healthz and monitoring clients")
+        probes = Probes(env.base_url, env.token, "bench", kind=args.burst_client)
+        try:
+            probes.start()
+            checkpoint()
+            run = run_job(env, "/v1/targets/bench/backups", timeout=args.timeout,
+                          on_running=probes.go.set)
+            healthz, monitoring = probes.finish(run.started_wall, run.ended_wall)
+        finally:
+            probes.kill()
+        log(f"    {run.wall_s:.2f} s")
+        stage_times = stages(env) if args.stages else {}
+
+    result = run.result
+    wall, job_s = run.wall_s, float(result["duration_s"])
+    peak = max(run.rss.service_peak, quiet.rss.service_peak if quiet else 0)
+    h, m = healthz.summary(), monitoring.summary()
+    ih, im = idle_h.summary(), idle_m.summary()
+    r_bare, r_seq = wall / bare, wall / seq["total_s"]
+    rows = [
+        ("database size / rows", f"{mb(env.db_size)} / {env.rows}", "", ""),
+        ("bare pg_dump -Fc > /dev/null", secs(bare), "", ""),
+        ("runbook: pg_dump -Fc -f", secs(seq["dump_s"]), "", ""),
+        ("runbook: gpg --encrypt", secs(seq["gpg_s"]), "", ""),
+        ("runbook: upload_file (multipart)", secs(seq["upload_s"]), "", ""),
+        ("runbook sequential, total", secs(seq["total_s"]), "", ""),
+        ("pgvault backup, wall (POST..succeeded)", secs(wall), "", ""),
+        ("pgvault backup, job duration_s", secs(job_s), "", ""),
+        ("pgvault / bare pg_dump (wall)", f"{r_bare:.3f}x", "<= 0.4x", verdict(r_bare, 0.4)),
+        ("pgvault / sequential (wall)", f"{r_seq:.3f}x", "<= 0.3x", verdict(r_seq, 0.3)),
+        ("  same, from duration_s", f"{job_s / bare:.3f}x / {job_s / seq['total_s']:.3f}x",
+         "", ""),
+    ]
+    if quiet is not None:
+        rows += [
+            ("  backup without latency clients, wall", secs(quiet.wall_s), "", ""),
+            ("  its ratios (bare / sequential)",
+             f"{quiet.wall_s / bare:.3f}x / {quiet.wall_s / seq['total_s']:.3f}x", "", ""),
+        ]
+    rows += [
+        ("service peak RSS (both backups)", mb(peak), "< 200 MB",
+         verdict(peak / 1e6, 200, strict=True)),
+        ("  service RSS before the backup", mb(run.rss.service_start), "", ""),
+        ("  children peak RSS (pg_dump, zstd, gpg)", mb(run.rss.children_peak_total), "", ""),
+        ("stored size (encrypted objects)", mb(result["size_bytes"]), "", ""),
+        ("  runbook file (pg_dump -Fc, gpg)",
+         f"{mb(seq['dump_bytes'])}, {mb(seq['encrypted_bytes'])}", "", ""),
+        (f"/healthz p50 / p99 (n={h['n']}, errors {h['errors']})",
+         f"{ms(_s(h['p50_ms']))} / {ms(_s(h['p99_ms']))}", "p99 < 50 ms",
+         verdict(h["p99_ms"], 50, strict=True) if not h["errors"] else "MISS"),
+    ]
+    if "in_burst" in h:
+        rows.append((f"  p99 during a burst (n={h['in_burst']['n']}) / between "
+                     f"(n={h['between_bursts']['n']})",
+                     f"{ms(_s(h['in_burst']['p99_ms']))} / "
+                     f"{ms(_s(h['between_bursts']['p99_ms']))}", "", ""))
+    rows += [
+        (f"monitoring p50 / p99 (n={m['n']}, {m.get('bursts', 0)} bursts, errors {m['errors']})",
+         f"{ms(_s(m['p50_ms']))} / {ms(_s(m['p99_ms']))}", "p99 < 250 ms",
+         verdict(m["p99_ms"], 250, strict=True) if not m["errors"] else "MISS"),
+        (f"  idle reference: /healthz (n={ih['n']})",
+         f"{ms(_s(ih['p50_ms']))} / {ms(_s(ih['p99_ms']))}", "", ""),
+        (f"  idle reference: monitoring (n={im['n']})",
+         f"{ms(_s(im['p50_ms']))} / {ms(_s(im['p99_ms']))}", "", ""),
+    ]
+    for name, t in stage_times.items():
+        short = name.replace("pg_dump -Fc -Z0", "dump -Z0").replace(" --compress-algo none", "")
+        rows.append((f"by hand: {short}", secs(t), "", ""))
+    counts = ", row_counts=false" if args.no_row_counts else ""
+    print_table(f"pgvault backup benchmark, {env.rows} rows{counts}", rows)
+    print("pgvault phases (s, as polled):", run.phase_durations())
+    print("children peak RSS by program (MB):", rss_summary(run.rss)["children_peak_mb"])
+    if quiet is not None:
+        print("CPU seconds during the backup without latency clients:", cpu_summary(quiet.rss))
+    print("CPU seconds during the backup with latency clients:", cpu_summary(run.rss))
+    figures = {
+        "bench": "backup", **header(env),
+        "bare_pg_dump_s": round(bare, 2),
+        "sequential_s": {k: round(v, 2) if k.endswith("_s") else v for k, v in seq.items()},
+        "pgvault_wall_s": round(wall, 2), "pgvault_duration_s": job_s,
+        "pgvault_phases_s": run.phase_durations(),
+        "pgvault_quiet_wall_s": round(quiet.wall_s, 2) if quiet else None,
+        "pgvault_quiet_duration_s": quiet.result["duration_s"] if quiet else None,
+        "ratio_vs_bare_pg_dump": round(r_bare, 3), "ratio_vs_sequential": round(r_seq, 3),
+        "ratio_vs_bare_pg_dump_duration": round(job_s / bare, 3),
+        "ratio_vs_sequential_duration": round(job_s / seq["total_s"], 3),
+        "stored_bytes": result["size_bytes"], "rss": rss_summary(run.rss),
+        "rss_quiet": rss_summary(quiet.rss) if quiet else None,
+        "cpu": cpu_summary(run.rss), "cpu_quiet": cpu_summary(quiet.rss) if quiet else None,
+        "healthz": h, "monitoring": m, "idle_healthz": ih, "idle_monitoring": im,
+        "burst_client": args.burst_client, "row_counts": not args.no_row_counts,
+        "stages_s": stage_times,
+        "pass": {"vs_bare": r_bare <= 0.4, "vs_sequential": r_seq <= 0.3,
+                 "rss": peak < 200e6,
+                 "healthz_p99": h["p99_ms"] is not None and h["p99_ms"] < 50
+                 and not h["errors"],
+                 "monitoring_p99": m["p99_ms"] is not None and m["p99_ms"] < 250
+                 and not m["errors"]},
+    }
+    print(json.dumps(figures))
+    return 0
+
+
+def _s(v: float | None) -> float | None:
+    return None if v is None else v / 1000
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    code = main()
+    log(f"done in {time.perf_counter() - t0:.0f} s")
+    sys.exit(code)
