@@ -122,6 +122,32 @@ async def test_default_database_name_and_globals(client: Any) -> None:
     await drop(done["result"]["database"])
 
 
+async def test_a_repeated_restore_request_replays_its_job(client: Any) -> None:
+    """A bot retrying a restore (its first answer lost) must get the same job back, not a 409
+    for the database the first request created, nor a 422 because the default name holds the
+    time."""
+    bid = (await backup(client))["result"]["backup_id"]
+    headers = {**auth("admin"), "Idempotency-Key": f"restore-{bid}"}
+    first = await client.post("/v1/targets/pagila/restores", headers=headers,
+                              json={"backup_id": bid})
+    assert first.status_code == 202, first.text
+    done = await wait_job(client, first.json()["id"], timeout=180)
+    assert done["status"] == "succeeded", done["error"]
+    await asyncio.sleep(1.1)  # the default database name now holds another second
+    try:
+        again = await client.post("/v1/targets/pagila/restores", headers=headers,
+                                  json={"backup_id": bid})
+        assert again.status_code == 202, again.text
+        assert again.json()["id"] == first.json()["id"]
+        assert again.json()["status"] == "succeeded"
+        other = await client.post("/v1/targets/pagila/restores", headers=headers,
+                                  json={"backup_id": bid, "severity": 1})
+        assert other.status_code == 422
+        assert other.headers["content-type"] == "application/problem+json"
+    finally:
+        await drop(done["result"]["database"])
+
+
 async def drop(name: str) -> None:
     conn = await admin_conn()
     try:

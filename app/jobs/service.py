@@ -26,10 +26,32 @@ def request_hash(kind: str, target: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+async def replay(services: Services, caller: Principal, *, kind: str, target: str,
+                 request: dict[str, Any], idempotency_key: str | None) -> Job | None:
+    """The job a repeated Idempotency-Key already made, before any check that could answer
+    differently the second time (the first restore created the database it would now refuse);
+    422 when the key came with a different request."""
+    if idempotency_key is None:
+        return None
+    async with services.pool.acquire() as conn:
+        seen = await repo.get_idempotency(conn, caller.name, idempotency_key)
+        if seen is None:
+            return None
+        if seen["request_hash"] != request_hash(kind, target, request):
+            raise InvalidRequest("this Idempotency-Key was used with a different request; "
+                                 "use a new key")
+        row = await repo.get(conn, seen["job_id"])
+    return Job.from_row(row)
+
+
 async def create(services: Services, caller: Principal, *, kind: str, target: str,
-                 params: dict[str, Any], summary: str, idempotency_key: str | None) -> Job:
-    """Queue a job (committed before work starts); a repeated key replays the first answer."""
-    digest = request_hash(kind, target, params)
+                 params: dict[str, Any], summary: str, idempotency_key: str | None,
+                 request: dict[str, Any] | None = None) -> Job:
+    """Queue a job (committed before work starts); a repeated key replays the first answer.
+
+    ``request`` is what the caller sent, when ``params`` adds to it (a default database name
+    holds the time): keys are matched against the request, not against what was derived."""
+    digest = request_hash(kind, target, params if request is None else request)
     for _ in range(2):
         try:
             row = await _insert(services, caller, kind, target, params, summary,

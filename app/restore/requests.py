@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 async def start_restore(services: Services, caller: Principal, target: str,
                         body: RestoreRequest, idempotency_key: str | None) -> Job:
     """Queue a restore of a complete archive (404 if there is none)."""
+    request = body.model_dump()
+    seen = await jobs.replay(services, caller, kind="restore", target=target, request=request,
+                             idempotency_key=idempotency_key)
+    if seen is not None:
+        return seen
     own_db = services.settings.targets[target].parsed_dsn.database
     if body.mode == "in_place":
         if body.confirm != target:
@@ -30,19 +35,16 @@ async def start_restore(services: Services, caller: Principal, target: str,
             raise InvalidRequest("database applies to new_database restores only")
         database = own_db
     else:
-        if body.confirm is not None:
-            raise InvalidRequest("confirm applies to in_place restores only")
         database = body.database or default_database_name(target)
         if database == own_db:
             raise InvalidRequest(f"{database} is the target's own database: use mode in_place")
     await load_manifest(services, target, body.backup_id, fresh=True)
     if body.mode == "new_database":
         await _refuse_existing(services, target, database)
-    params = body.model_dump()
-    params["database"] = database
+    params = {**request, "database": database}
     return await jobs.create(services, caller, kind="restore", target=target, params=params,
                              summary=f"restore of {body.backup_id} into {database} queued",
-                             idempotency_key=idempotency_key)
+                             idempotency_key=idempotency_key, request=request)
 
 
 async def _refuse_existing(services: Services, target: str, database: str) -> None:
@@ -62,8 +64,12 @@ async def _refuse_existing(services: Services, target: str, database: str) -> No
 async def start_verify(services: Services, caller: Principal, target: str, backup_id: str,
                        body: VerifyRequest, idempotency_key: str | None) -> Job:
     """Queue a verification of a complete archive (404 if there is none)."""
+    params = {"backup_id": backup_id, "level": body.level}
+    seen = await jobs.replay(services, caller, kind="verify", target=target, request=params,
+                             idempotency_key=idempotency_key)
+    if seen is not None:
+        return seen
     await load_manifest(services, target, backup_id, fresh=True)
-    return await jobs.create(services, caller, kind="verify", target=target,
-                             params={"backup_id": backup_id, "level": body.level},
+    return await jobs.create(services, caller, kind="verify", target=target, params=params,
                              summary=f"{body.level} verification of {backup_id} queued",
                              idempotency_key=idempotency_key)
