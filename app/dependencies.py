@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -32,7 +32,17 @@ def _caller(role: Role):  # type: ignore[no-untyped-def]
         principal = authenticate(token, services.settings.api_tokens)
         return authorize(principal, role)
 
+    dependency.pgvault_role = role  # type: ignore[attr-defined]  # read by main.V1Gate
     return dependency
+
+
+def required_role(dependant: Any) -> Role | None:
+    """The role a route's dependencies demand (None for an open route)."""
+    for sub in dependant.dependencies:
+        role = getattr(sub.call, "pgvault_role", None) or required_role(sub)
+        if role is not None:
+            return role
+    return None
 
 
 Viewer = Annotated[Principal, Depends(_caller("viewer"))]

@@ -8,21 +8,24 @@ import sys
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logging as app_logging
 from app.archives.router import router as archives_router
 from app.audit.router import router as audit_router
 from app.backup.router import router as backup_router
-from app.config import TARGET_NAME_RE, ConfigError, Settings, load_settings
-from app.errors import V1_ERRORS, Problem, Unauthorized, install_handlers, problem
+from app.config import TARGET_NAME_RE, ConfigError, Role, Settings, load_settings
+from app.dependencies import required_role
+from app.errors import V1_ERRORS, Forbidden, Problem, Unauthorized, install_handlers, problem
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.lifespan import lifespan
 from app.maintenance.router import router as maintenance_router
 from app.monitoring.router import router as monitoring_router
 from app.restore.router import router as restore_router
-from app.security import authenticate
+from app.security import authenticate, authorize
 from app.targets.router import router as targets_router
 
 DESCRIPTION = """pgvault keeps PostgreSQL databases recoverable: encrypted streaming backups,
@@ -77,13 +80,16 @@ class V1Gate:
     """Authenticate every ``/v1`` request, and look its target up, before routing.
 
     FastAPI validates a request body before it runs dependencies, so without this gate a
-    malformed body would earn a 422 before a missing token earned its 401, and an unknown target
-    with a bad body a 422 instead of its 404. Roles are still checked by each route.
+    malformed or missing body would earn a 422 before a missing token earned its 401, a role too
+    low its 403, or an unknown target its 404. Each route still checks its role as well (and so
+    shows it in the OpenAPI document).
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings,
+                 roles: list[tuple[APIRoute, Role]]) -> None:
         self.app = app
         self.settings = settings
+        self.roles = roles
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -92,10 +98,11 @@ class V1Gate:
             raw = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, token = raw.partition(" ")
             try:
-                authenticate(token.strip() if scheme.lower() == "bearer" else None,
-                             self.settings.api_tokens)
-            except Unauthorized as exc:
-                await problem(401, exc.title, exc.detail, exc.slug)(scope, receive, send)
+                principal = authenticate(token.strip() if scheme.lower() == "bearer" else None,
+                                         self.settings.api_tokens)
+                authorize(principal, self._role(scope))
+            except (Unauthorized, Forbidden) as exc:
+                await problem(exc.status, exc.title, exc.detail, exc.slug)(scope, receive, send)
                 return
             parts = path.split("/")
             if (len(parts) > 3 and parts[2] == "targets" and TARGET_NAME_RE.match(parts[3])
@@ -105,6 +112,23 @@ class V1Gate:
                 return
         await self.app(scope, receive, send)
 
+    def _role(self, scope: Scope) -> Role:
+        for route, role in self.roles:
+            if route.matches(scope)[0] == Match.FULL:
+                return role
+        return "viewer"  # no such route: any valid token earns the 404 or 405
+
+
+V1_ROUTERS = (targets_router, backup_router, archives_router, restore_router, maintenance_router,
+              monitoring_router, jobs_router, audit_router)
+
+
+def v1_roles() -> list[tuple[APIRoute, Role]]:
+    """Each ``/v1`` route with the role it demands. A router carries its full prefix, so its own
+    routes match request paths as they arrive."""
+    return [(r, role) for router in V1_ROUTERS for r in router.routes
+            if isinstance(r, APIRoute) and (role := required_role(r.dependant)) is not None]
+
 
 def create_app(settings: Settings) -> FastAPI:
     app_logging.configure()
@@ -113,11 +137,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     install_handlers(app)
     app.include_router(health_router)
-    for router in (targets_router, backup_router, archives_router, restore_router,
-                   maintenance_router, monitoring_router, jobs_router, audit_router):
+    for router in V1_ROUTERS:
         app.include_router(router, responses=V1_ERRORS)
     _add_problem_schema(app)
-    app.add_middleware(V1Gate, settings=settings)
+    app.add_middleware(V1Gate, settings=settings, roles=v1_roles())
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 

@@ -159,3 +159,21 @@ def test_scratch_folders_of_dead_processes_are_swept(tmp_path: Path) -> None:
         (folder / "database.plain").write_bytes(b"decrypted")
     assert sweep_orphans(tmp_path) == [orphan]
     assert mine.exists() and not orphan.exists()
+
+
+
+def test_the_v1_gate_knows_the_role_of_every_v1_operation() -> None:
+    """The gate answers 403 before a body is read: an operation it did not know would reach its
+    body validation first (a 422 where the caller needed to hear 403)."""
+    import json
+
+    from app.main import v1_roles
+
+    document = json.loads((Path(__file__).parent.parent / "openapi" / "openapi.json").read_text())
+    operations = {(method.upper(), path) for path, item in document["paths"].items()
+                  if path.startswith("/v1/") for method in item}
+    known = {(method, route.path) for route, _ in v1_roles() for method in route.methods}
+    assert operations == known
+    roles = {(m, route.path): role for route, role in v1_roles() for m in route.methods}
+    assert roles[("POST", "/v1/targets/{target}/restores")] == "admin"
+    assert roles[("GET", "/v1/targets/{target}/archives")] == "viewer"
