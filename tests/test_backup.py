@@ -253,6 +253,27 @@ async def test_unreachable_storage_fails_with_clear_error(make_settings: Any) ->
     assert job["status"] == "failed"
     assert "NoSuchBucket" in job["error"]["detail"]
     assert ready.status_code == 503 and ready.json()["checks"]["storage"]["ok"] is False
+    assert ready.headers["content-type"] == "application/problem+json"
+    assert ready.json()["status"] == 503 and "storage" in ready.json()["detail"]
+    assert ready.json()["checks"]["metadata_db"]["ok"] is True
+
+
+async def test_readiness_answers_503_in_time_when_storage_hangs(
+        make_settings: Any, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.health import service as health
+
+    monkeypatch.setattr(health, "CHECK_TIMEOUT_S", 0.5)
+    with FaultyProxy(s3_endpoint) as proxy:
+        async with running_app(make_settings(s3_endpoint_url=proxy.url)) as c:
+            proxy.rule = lambda m, p: 3.0  # every storage call now hangs for 3 s
+            started = time.monotonic()
+            ready = await c.get("/readyz")
+            took = time.monotonic() - started
+            proxy.rule = lambda m, p: None
+    assert ready.status_code == 503, ready.text
+    assert took < 2.5
+    assert ready.json()["checks"]["storage"] == {"ok": False, "detail": "no answer within 0.5 s"}
+    assert ready.json()["checks"]["gpg"]["ok"] is True
 
 
 async def test_healthz_stays_fast_during_a_large_backup(make_settings: Any, big_db: str) -> None:

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.dependencies import ServicesDep
+from app.errors import problem
 from app.health import service
 
 router = APIRouter(tags=["health"])
@@ -19,13 +17,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is not usable"}})
+@router.get("/readyz", responses={503: {
+    "description": "a dependency is not usable: problem+json whose `checks` say which",
+    "content": {"application/problem+json": {}}}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     """200 when the metadata database, storage and gpg keys are usable, else 503 with what fails."""
-    checks: dict[str, Any] = await asyncio.wait_for(service.readiness(services), 15)
-    ok = all(c["ok"] for c in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                        status_code=200 if ok else 503)
+    checks = await service.readiness(services)
+    if all(c["ok"] for c in checks.values()):
+        return JSONResponse({"status": "ok", "checks": checks})
+    return problem(503, "Not ready", service.unready_detail(checks), "not-ready", checks=checks)
 
 
 @router.get("/metrics", response_class=Response)
