@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from logging.config import fileConfig
 
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -16,10 +16,18 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name)
 
 
+class _Metadata(BaseSettings):
+    """Only the metadata DSN, read as the service reads it: the environment, then ``.env``."""
+
+    model_config = SettingsConfigDict(env_prefix="PGVAULT_", env_file=".env", extra="ignore")
+    database_url: str | None = None
+
+
 def database_url() -> str:
-    url = config.attributes.get("database_url") or os.environ.get("PGVAULT_DATABASE_URL")
+    url = config.attributes.get("database_url") or _Metadata().database_url
     if not url:
-        raise SystemExit("PGVAULT_DATABASE_URL is not set: it names the metadata database")
+        raise SystemExit("PGVAULT_DATABASE_URL is not set (environment or .env): it names the "
+                         "metadata database")
     return make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 

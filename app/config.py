@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import (
@@ -37,6 +37,8 @@ DEFAULT_SCHEDULES: dict[str, str] = {
     "verify": "0 3 1 * *",  # monthly restore test
     "maintenance": "0 2 * * 0",  # weekly ANALYZE
 }
+
+SCHEDULE_ALIASES = {"verification": "verify"}
 
 # libpq connection parameters a target DSN may carry in its query string, and the environment
 # variable that hands each one to pg_dump and friends (never their argv).
@@ -149,6 +151,18 @@ class TargetConfig(BaseModel):
         except ValueError as exc:
             raise ValueError(f"dsn {exc}") from None
         return value
+
+    @field_validator("schedules", mode="before")
+    @classmethod
+    def _schedule_names(cls, value: Any) -> Any:
+        """SPEC 2.6 calls the monthly restore test "verification"; a null or "" turns a
+        schedule off."""
+        if not isinstance(value, dict):
+            return value
+        named = {SCHEDULE_ALIASES.get(k, k): v for k, v in value.items()}
+        if len(named) < len(value):
+            raise ValueError("verify and verification name the same schedule: give one")
+        return {k: "" if v is None else v for k, v in named.items()}
 
     @field_validator("schedules")
     @classmethod

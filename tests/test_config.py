@@ -52,6 +52,24 @@ def test_bad_settings_are_named(monkeypatch: Any, changes: dict[str, str], needl
     assert "pw@" not in str(err.value)
 
 
+def test_schedules_take_the_spec_names_and_null_turns_one_off(monkeypatch: Any) -> None:
+    schedules = {"backup": "15 1 * * *", "verification": "0 4 2 * *", "maintenance": None}
+    targets = {"prod": {"dsn": "postgresql://u@h/d", "schedules": schedules}}
+    for key, value in env_with(PGVAULT_TARGETS=json.dumps(targets)).items():
+        monkeypatch.setenv(key, value)
+    effective = load_settings().targets["prod"].effective_schedules()
+    assert effective == {"backup": "15 1 * * *", "retention": "30 0 * * *",
+                         "verify": "0 4 2 * *", "maintenance": ""}
+    for bad, needle in [({"verify": "* * * * *", "verification": "* * * * *"}, "same schedule"),
+                        ({"vacuum": "* * * * *"}, "unknown schedule"),
+                        ({"backup": "every day"}, "not a cron expression")]:
+        targets["prod"]["schedules"] = bad
+        monkeypatch.setenv("PGVAULT_TARGETS", json.dumps(targets))
+        with pytest.raises(ConfigError) as err:
+            load_settings()
+        assert needle in str(err.value)
+
+
 def test_uvicorn_exits_with_a_readable_message() -> None:
     env = env_with(PGVAULT_API_TOKENS=json.dumps([{"name": "x", "sha256": "a" * 64,
                                                    "role": "superuser"}]))
@@ -89,7 +107,7 @@ async def test_expired_recipient_key_refuses_to_start(make_settings: Any, tmp_pa
     _ = hashlib
 
 
-def test_alembic_downgrade_and_upgrade_round_trip() -> None:
+def test_alembic_downgrade_and_upgrade_round_trip(tmp_path: Path) -> None:
     import asyncio
 
     from tests.conftest import PREFIX, create_db, drop_db, dsn
@@ -101,5 +119,19 @@ def test_alembic_downgrade_and_upgrade_round_trip() -> None:
         for step in (["upgrade", "head"], ["downgrade", "base"], ["upgrade", "head"]):
             subprocess.run([sys.executable, "-m", "alembic", *step], cwd=ROOT, env=env,
                            check=True, capture_output=True)
+        # The DSN may come from .env instead, as it does for the service.
+        subprocess.run([sys.executable, "-m", "alembic", "downgrade", "base"], cwd=ROOT, env=env,
+                       check=True, capture_output=True)
+        workdir = tmp_path / "deploy"
+        workdir.mkdir()
+        (workdir / ".env").write_text(f"PGVAULT_DATABASE_URL={dsn(name)}\n")
+        bare = {k: v for k, v in os.environ.items() if k != "PGVAULT_DATABASE_URL"}
+        subprocess.run([sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"),
+                        "upgrade", "head"], cwd=workdir, env=bare, check=True,
+                       capture_output=True)
+        tables = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", name, "-Atc",
+                                 "SELECT count(*) FROM pg_tables WHERE tablename = 'jobs'"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        assert tables == "1"
     finally:
         asyncio.run(drop_db(name))
