@@ -30,16 +30,16 @@ class Problem(BaseModel):
     detail: str
 
 
-def _problem_response(description: str) -> dict[str, Any]:
+def problem_response(description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 
 V1_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _problem_response("missing or invalid bearer token"),
-    403: _problem_response("the token's role is too low"),
-    404: _problem_response("unknown target, archive or job"),
-    422: _problem_response("validation failure"),
+    401: problem_response("missing or invalid bearer token"),
+    403: problem_response("the token's role is too low"),
+    404: problem_response("unknown target, archive or job"),
+    422: problem_response("validation failure"),
 }
 
 

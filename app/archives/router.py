@@ -9,6 +9,7 @@ from app.archives import service
 from app.archives.schemas import ArchiveDetail, ArchiveList
 from app.backup.router import IdempotencyKey
 from app.dependencies import Admin, BackupId, ServicesDep, TargetName, Viewer, known_target
+from app.errors import problem_response
 from app.jobs import service as jobs
 from app.jobs.schemas import Job
 
@@ -33,7 +34,7 @@ async def get_archive(target: TargetName, backup_id: BackupId, services: Service
 
 
 @router.delete("/{target}/archives/{backup_id}", status_code=204,
-               responses={409: {"description": "retention minimums forbid it"}})
+               responses={409: problem_response("retention minimums forbid it")})
 async def delete_archive(target: TargetName, backup_id: BackupId, services: ServicesDep,
                          caller: Admin) -> Response:
     """Delete one archive, unless the target would keep fewer good archives than its minimum."""

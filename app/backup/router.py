@@ -6,6 +6,7 @@ from fastapi import APIRouter, Body, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.dependencies import Operator, ServicesDep, TargetName, known_target
+from app.errors import problem_response
 from app.jobs import service as jobs
 from app.jobs.schemas import Job
 
@@ -22,7 +23,7 @@ class BackupRequest(BaseModel):
 
 
 @router.post("/{target}/backups", response_model=Job, status_code=202,
-             responses={409: {"description": "a backup of this target is already running"}})
+             responses={409: problem_response("a backup of this target is already running")})
 async def start_backup(target: TargetName, services: ServicesDep, caller: Operator,
                        response: Response, idempotency_key: IdempotencyKey = None,
                        body: Annotated[BackupRequest | None, Body()] = None) -> Job:

@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.dependencies import ServicesDep
-from app.errors import problem
+from app.errors import problem, problem_response
 from app.health import service
 
 router = APIRouter(tags=["health"])
@@ -17,9 +17,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {
-    "description": "a dependency is not usable: problem+json whose `checks` say which",
-    "content": {"application/problem+json": {}}}})
+@router.get("/readyz", responses={503: problem_response(
+    "a dependency is not usable; the problem's `checks` say which")})
 async def readyz(services: ServicesDep) -> JSONResponse:
     """200 when the metadata database, storage and gpg keys are usable, else 503 with what fails."""
     checks = await service.readiness(services)

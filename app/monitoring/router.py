@@ -5,14 +5,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from app.dependencies import ServicesDep, TargetName, Viewer, known_target
+from app.errors import problem_response
 from app.monitoring import service
 
 router = APIRouter(prefix="/v1/targets", tags=["monitoring"])
 
 
 @router.get("/{target}/monitoring/{view}",
-            responses={503: {"description": "the target is unreachable"},
-                       504: {"description": "the target did not answer within the timeout"}})
+            responses={503: problem_response("the target is unreachable"),
+                       504: problem_response("the target did not answer within the timeout")})
 async def monitoring_view(
     target: TargetName, services: ServicesDep, _: Viewer,
     view: Annotated[str, Path(pattern=r"^[a-z_]{1,32}$",
