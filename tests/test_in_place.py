@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
-from tests.conftest import admin_conn, auth, backup, create_db, dsn, running_app, wait_job
+from app.errors import StepFailed
+from app.integrations import pg_tools
+from app.integrations.process import run
+from app.restore import in_place
+from tests.conftest import (
+    PG_HOST,
+    PREFIX,
+    admin_conn,
+    auth,
+    backup,
+    create_db,
+    dsn,
+    psql,
+    running_app,
+    wait_job,
+)
 from tests.test_restore import fingerprint, restore
 
 
 async def plain_target(make_settings: Any, name: str, rows: int) -> tuple[str, Any]:
     """A database as CREATE DATABASE makes it: public owned by pg_database_owner."""
-    from tests.conftest import PREFIX
-
     db = await create_db(f"{PREFIX}_{name}")
     conn = await admin_conn(db)
     try:
@@ -60,8 +76,19 @@ async def test_in_place_refuses_when_outside_objects_depend(make_settings: Any) 
     async with running_app(settings) as c:
         conn = await admin_conn(db)
         try:
-            await conn.execute("CREATE SCHEMA audit; "
-                               "CREATE VIEW audit.counts AS SELECT count(*) FROM public.t")
+            # Not in the archive (excluded), yet DROP SCHEMA public CASCADE would take a view,
+            # a column, a default and a trigger of it: each must stop the restore.
+            await conn.execute("""
+                CREATE TYPE public.mood AS ENUM ('ok', 'bad');
+                CREATE SEQUENCE public.ids;
+                CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql
+                    AS 'BEGIN RETURN NEW; END';
+                CREATE SCHEMA audit;
+                CREATE VIEW audit.counts AS SELECT count(*) FROM public.t;
+                CREATE TABLE audit.log (id bigint DEFAULT nextval('public.ids'), m public.mood);
+                CREATE TRIGGER touch BEFORE INSERT ON audit.log
+                    FOR EACH ROW EXECUTE FUNCTION public.touch();
+                INSERT INTO audit.log (m) VALUES ('ok'), ('bad');""")
         finally:
             await conn.close()
         job = await backup(c, "depip")
@@ -69,8 +96,46 @@ async def test_in_place_refuses_when_outside_objects_depend(make_settings: Any) 
         done = await restore(c, "depip", {"backup_id": job["result"]["backup_id"],
                                           "mode": "in_place", "confirm": "depip"})
     assert done["status"] == "failed"
-    assert "audit.counts" in done["error"]["detail"]
+    detail = done["error"]["detail"]
+    for named in ("audit.counts", "table column audit.log.m", "default value for audit.log.id",
+                  "trigger touch on audit.log"):
+        assert named in detail, (named, detail)
     assert await fingerprint(db) == before
+    assert "audit.log" in before
+
+
+async def test_in_place_brings_back_large_objects(make_settings: Any) -> None:
+    db, settings = await plain_target(make_settings, "loip", 100)
+    conn = await admin_conn(db)
+    try:
+        await conn.execute("CREATE TABLE public.docs (id int PRIMARY KEY, body oid); "
+                           "INSERT INTO public.docs VALUES (1, lo_from_bytea(0, 'first')), "
+                           "(2, lo_from_bytea(0, 'second'))")
+    finally:
+        await conn.close()
+
+    async def contents() -> list[Any]:
+        conn = await admin_conn(db)
+        try:
+            return [tuple(r) for r in await conn.fetch(
+                "SELECT id, lo_get(body) FROM public.docs ORDER BY id")]
+        finally:
+            await conn.close()
+
+    async with running_app(settings) as c:
+        job = await backup(c, "loip")
+        before = await contents()
+        conn = await admin_conn(db)
+        try:
+            await conn.execute("SELECT lo_put(body, 0, 'XXXXX') FROM public.docs WHERE id = 1; "
+                               "SELECT lo_unlink(body) FROM public.docs WHERE id = 2; "
+                               "DELETE FROM public.docs WHERE id = 2")
+        finally:
+            await conn.close()
+        done = await restore(c, "loip", {"backup_id": job["result"]["backup_id"],
+                                         "mode": "in_place", "confirm": "loip"})
+    assert done["status"] == "succeeded", done["error"]
+    assert await contents() == before == [(1, b"first"), (2, b"second")]
 
 
 async def test_in_place_rolls_back_when_pg_restore_dies(make_settings: Any) -> None:
@@ -102,3 +167,29 @@ async def test_in_place_rolls_back_when_pg_restore_dies(make_settings: Any) -> N
     assert done["status"] == "failed"
     assert "rolled back" in done["error"]["detail"]
     assert await fingerprint(db) == changed  # nothing of the half restore was committed
+
+
+async def test_the_restore_script_has_one_transaction_whose_commit_is_held_back(
+        tmp_path: Path) -> None:
+    """Without pg_restore's --single-transaction its script commits large objects on its own,
+    and with them whatever pgvault's transaction had done (the DROP SCHEMA and the data)."""
+    db = await create_db(f"{PREFIX}_loscript")
+    psql(db, "-c", "CREATE TABLE docs (id int PRIMARY KEY, body oid); "
+                   "INSERT INTO docs VALUES (1, lo_from_bytea(0, 'x'))")
+    dump = tmp_path / "lo.dump"
+    subprocess.run(["pg_dump", "-h", PG_HOST, "-U", "postgres", "-Fc", "-Z0", "-f", str(dump),
+                    "--", db], check=True)
+    script = (await run(pg_tools.pg_restore_script_stage(dump))).decode()
+    statements = [line for line in script.splitlines() if line in ("BEGIN;", "COMMIT;")]
+    assert statements == ["BEGIN;", "COMMIT;"]
+    sql = [line for line in script.splitlines()
+           if line.strip() and not line.startswith(("--", "\\"))]
+    assert "lo_open" in script and sql[-1] == "COMMIT;"
+    tail = script.encode()[-in_place.SCRIPT_TAIL:]
+    held = in_place._without_commit(tail)
+    assert b"COMMIT;" not in held and len(held) == len(tail) - len(b"COMMIT;\n")
+    cut = script.encode()[:script.rindex("COMMIT;")]  # a script that stopped short
+    with pytest.raises(StepFailed):
+        in_place._without_commit(cut[-in_place.SCRIPT_TAIL:])
+    with pytest.raises(StepFailed):  # a statement after the COMMIT: not the script's end
+        in_place._without_commit(tail + b"DROP TABLE docs;\n")

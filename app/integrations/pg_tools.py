@@ -92,8 +92,11 @@ def conninfo_dbname(database: str) -> str:
 
 
 def pg_restore_script_stage(dump: Path) -> Stage:
-    """The dump as one SQL script on stdout (no connection)."""
-    return Stage("pg_restore -f -", ["pg_restore", "--file=-", "--", str(dump)])
+    """The dump as one SQL script on stdout (no connection), framed by one ``BEGIN;`` and one
+    final ``COMMIT;``: without ``--single-transaction`` pg_restore wraps large objects in a
+    ``BEGIN; ... COMMIT;`` of their own, which would commit an enclosing transaction midway."""
+    return Stage("pg_restore -f -",
+                 ["pg_restore", "--single-transaction", "--file=-", "--", str(dump)])
 
 
 def psql_stage(dsn: PgDsn, database: str, sql_file: Path | None, *,

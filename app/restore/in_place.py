@@ -6,15 +6,17 @@ transaction on one psql session that it drives itself:
 
     SET lock_timeout; BEGIN;
     DROP SCHEMA <each schema the archive has objects in> CASCADE;  CREATE SCHEMA public ...;
-    <the dump as an SQL script, from pg_restore -f ->
+    <the dump as an SQL script, from pg_restore --single-transaction -f -, less its COMMIT>
     COMMIT;   -- written only after pg_restore exited 0
 
 psql runs with ``ON_ERROR_STOP``. If pg_restore fails, psql fails, or the job is cancelled, psql is
 killed before ``COMMIT`` is ever sent and the server rolls the transaction back: the target keeps
 its data. (psql's own ``--single-transaction`` is not enough: it commits at end of input, which
-is also what it sees when pg_restore dies.) Objects outside the archive's schemas that depend on
-what would be dropped (views, foreign keys) make the restore refuse before any change, rather
-than vanish with CASCADE.
+is also what it sees when pg_restore dies. And pg_restore's script needs its own
+``--single-transaction``, or its large objects come in a BEGIN/COMMIT of their own.) Objects
+outside the archive's schemas that depend on what would be dropped (views, foreign keys, columns
+of its types, triggers calling its functions, ...) make the restore refuse before any change,
+rather than vanish with CASCADE.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,21 +42,37 @@ PRELUDE_SQL = """
 SELECT coalesce(string_agg(format('DROP SCHEMA IF EXISTS %I CASCADE;', s), E'\\n'), '')
 FROM unnest($1::text[]) AS s"""
 
-# Objects in other schemas that CASCADE would silently drop with the archive's schemas.
+# Everything outside the archive's schemas that CASCADE would silently take with them: views,
+# foreign keys, columns of their types or domains, defaults using their sequences, triggers and
+# policies calling their functions... pg_depend knows them all. A rule, trigger, default or policy
+# belongs to its table's schema; extension members and schema-less objects (casts, publication
+# memberships) are recreated by the dump itself.
 DEPENDENTS_SQL = """
-SELECT DISTINCT format('%I.%I', vn.nspname, v.relname) AS name
-FROM pg_depend d
-JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace vn ON vn.oid = v.relnamespace
-JOIN pg_class t ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid
-JOIN pg_namespace tn ON tn.oid = t.relnamespace
-WHERE tn.nspname = ANY($1::text[]) AND NOT vn.nspname = ANY($1::text[])
-UNION
-SELECT format('%I.%I (foreign key %I)', n.nspname, r.relname, c.conname)
-FROM pg_constraint c
-JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace
-JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
-WHERE c.contype = 'f' AND fn.nspname = ANY($1::text[]) AND NOT n.nspname = ANY($1::text[])
+WITH archive AS (SELECT oid FROM pg_namespace WHERE nspname = ANY($1::text[])),
+dependents AS (
+    SELECT DISTINCT d.classid, d.objid, d.objsubid
+    FROM pg_depend d
+    WHERE d.deptype IN ('n', 'a')
+      AND ((d.refclassid = 'pg_namespace'::regclass AND d.refobjid IN (SELECT oid FROM archive))
+           OR (pg_identify_object(d.refclassid, d.refobjid, 0)).schema = ANY($1::text[]))
+      AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classid
+                      AND e.objid = d.objid AND e.deptype = 'e')
+)
+SELECT o.type || ' ' || o.identity AS name
+FROM dependents d
+CROSS JOIN LATERAL pg_identify_object(d.classid, d.objid, d.objsubid) AS o
+CROSS JOIN LATERAL (SELECT CASE d.classid
+    WHEN 'pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_rewrite r
+                                      JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
+    WHEN 'pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_trigger t
+                                      JOIN pg_class c ON c.oid = t.tgrelid WHERE t.oid = d.objid)
+    WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_attrdef a
+                                      JOIN pg_class c ON c.oid = a.adrelid WHERE a.oid = d.objid)
+    WHEN 'pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_policy p
+                                     JOIN pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objid)
+    ELSE (SELECT n.oid FROM pg_namespace n WHERE n.nspname = o.schema)
+    END AS nsp) AS owner
+WHERE owner.nsp IS NOT NULL AND owner.nsp NOT IN (SELECT oid FROM archive)
 ORDER BY 1"""
 
 # What CREATE DATABASE gives public, which dumps never create (PostgreSQL 15 and later).
@@ -70,6 +89,13 @@ def dump_schemas(toc: str) -> list[str]:
         if not line.startswith(";") and len(parts) >= 6 and parts[3:5] == ["SCHEMA", "-"]:
             found.append(parts[5])
     return found
+
+
+def dump_large_objects(toc: str) -> list[int]:
+    """OIDs of the large objects a dump holds (``<id>; <oid> <oid> BLOB - <oid> <owner>``)."""
+    return [int(parts[5]) for line in toc.splitlines()
+            if not line.startswith(";") and len(parts := line.split()) >= 6
+            and parts[3:5] == ["BLOB", "-"] and parts[5].isdigit()]
 
 
 async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
@@ -95,6 +121,12 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
                          "restore into a new database instead")
     if "public" in schemas:
         prelude += "\n" + (PUBLIC_15 if version >= 150000 else PUBLIC_OLD)
+    if large_objects := dump_large_objects(toc):
+        # Large objects live outside every schema: the archive's own come back with the same
+        # OIDs, so their present versions go first (as pg_restore --clean would do).
+        oids = ",".join(str(oid) for oid in large_objects)
+        prelude += ("\nSELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata"
+                    f" WHERE oid = ANY('{{{oids}}}'::oid[]);\n")
     timeout_s = int(ctx.services.settings.lock_wait_timeout_s)
     head = f"SET lock_timeout = '{timeout_s}s';\nBEGIN;\n{prelude}\n"
     await _run_in_one_transaction(dsn, dump, head)
@@ -105,6 +137,21 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str) -> None:
     feed_r, feed_w = os.pipe()
     psql = Pipeline([pg_tools.psql_stage(dsn, dsn.database, None)], stdin=feed_r,
                     stdout=subprocess.DEVNULL)
+    # One writer thread: it is joined before feed_w is closed, so a write cut short by a cancel
+    # can never land in whatever file reuses the descriptor number.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgvault-in-place")
+
+    closing: asyncio.Future[None] | None = None
+
+    async def write(data: bytes) -> None:
+        await asyncio.get_running_loop().run_in_executor(writer, _write_all, feed_w, data)
+
+    async def close_feed() -> None:
+        nonlocal closing
+        if closing is None:  # once: a second close could hit a descriptor reused meanwhile
+            closing = asyncio.ensure_future(_close_feed(writer, feed_w))
+        await asyncio.shield(closing)
+
     try:
         try:
             await psql.start()
@@ -112,19 +159,25 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str) -> None:
             os.close(feed_r)
         await restore.start()
         try:
-            await _write(feed_w, head.encode())
+            await write(head.encode())
+            # The script's own last statement is its COMMIT; hold it back until pg_restore has
+            # exited 0 (its "BEGIN;" inside ours is only a warning).
+            tail = b""
             while chunk := await restore.read(1 << 20):
-                await _write(feed_w, chunk)
+                data = tail + chunk
+                keep = max(0, len(data) - SCRIPT_TAIL)
+                if keep:
+                    await write(data[:keep])
+                tail = data[keep:]
             await restore.wait()
-            await _write(feed_w, b"COMMIT;\n")
+            await write(_without_commit(tail) + b"COMMIT;\n")
         except BrokenPipeError:
             pass  # psql stopped on an error: its exit code says which
         except PipelineError as exc:
             # pg_restore failed: kill psql before its input ends, so nothing is committed.
             await asyncio.shield(psql.kill())
             raise StepFailed("restore in place (rolled back)", str(exc)) from None
-        os.close(feed_w)
-        feed_w = -1
+        await close_feed()
         try:
             await psql.wait()
         except PipelineError as exc:
@@ -133,13 +186,29 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str) -> None:
         await asyncio.shield(_kill_all(psql, restore))
         raise
     finally:
-        if feed_w != -1:
-            with contextlib.suppress(OSError):
-                os.close(feed_w)
+        await close_feed()
 
 
-async def _write(fd: int, data: bytes) -> None:
-    await asyncio.to_thread(_write_all, fd, data)
+SCRIPT_TAIL = 4096
+
+
+def _without_commit(tail: bytes) -> bytes:
+    """The script's end without its final ``COMMIT;``, which only comments and psql's
+    ``\\unrestrict`` may follow; anything else means the script is not whole."""
+    at = tail.rfind(b"\nCOMMIT;\n")
+    after = tail[at + len(b"\nCOMMIT;\n"):] if at >= 0 else b""
+    if at < 0 or any(line.strip() and not line.startswith((b"--", b"\\unrestrict "))
+                     for line in after.splitlines()):
+        raise StepFailed("restore in place (rolled back)",
+                         "pg_restore's script did not end with its COMMIT")
+    return tail[:at + 1] + after
+
+
+async def _close_feed(writer: ThreadPoolExecutor, fd: int) -> None:
+    """Join the writer thread (psql is dead or has read everything, so it ends), then close."""
+    await asyncio.to_thread(writer.shutdown, wait=True)
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
