@@ -217,6 +217,7 @@ async def test_tampered_archive_fails_verify_and_restore_without_side_effects(
         shown = next(a for a in listing["items"] if a["backup_id"] == backup_id)
         assert shown["verification"]["status"] == "failed"
         assert shown["verification"]["level"] == "checksum"
+        assert shown["verification"]["damaged"] is True
 
 
 async def test_corrupt_plaintext_behind_a_matching_hash_is_still_refused(

@@ -96,12 +96,13 @@ async def test_delete_archive_allowed_above_minimum(make_settings: Any, pagila_d
         assert gone.status_code == 404
 
 
-def archive(bid: str, complete: bool = True, failed: bool = False) -> Archive:
+def archive(bid: str, complete: bool = True, failed: bool = False,
+            damaged: bool = True) -> Archive:
     verification = None
     if failed:
         verification = Verification(status="failed", level="checksum",
                                     job_id="00000000-0000-0000-0000-000000000000",
-                                    finished_at=None, summary="")
+                                    finished_at=None, summary="", damaged=damaged)
     return Archive(backup_id=bid, target="t", created_at=datetime.strptime(
         bid[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC), size_bytes=1, complete=complete,
         verification=verification)
@@ -118,3 +119,39 @@ def test_plan_never_counts_broken_archives_as_good() -> None:
     assert ids(keep) == ["20260531T000000Z-aaaaaa", "20260530T000000Z-bbbbbb",
                          "20250101T000000Z-cccccc"]
     assert ids(delete) == ["20240101T000000Z-dddddd"]
+
+
+def test_a_verification_that_failed_for_another_reason_condemns_nothing() -> None:
+    """A monthly check that lost its worker or could not create its scratch database says
+    nothing about the archive: it still counts as good, and keeps older ones from going."""
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    archives = [archive("20260531T000000Z-aaaaaa", failed=True, damaged=False),
+                archive("20250101T000000Z-cccccc")]
+    delete, keep = plan(archives, now=now, retention_days=30, min_backups=1,
+                        grace=timedelta(hours=1), busy=set())
+    assert ids(keep) == ["20260531T000000Z-aaaaaa"]
+    assert ids(delete) == ["20250101T000000Z-cccccc"]
+
+
+async def test_an_archive_whose_objects_are_gone_is_neither_complete_nor_good(
+        make_settings: Any, pagila_db: str, s3: Any, bucket: str) -> None:
+    settings = make_settings(targets={"hollow": {
+        "dsn": dsn(pagila_db), "retention_days": 30, "retention_min_backups": 1}})
+    async with running_app(settings) as c:
+        real = (await backup(c, "hollow"))["result"]["backup_id"]
+        old, short = "20200101T000000Z-eeeeee", "20200201T000000Z-ffffff"
+        copy_archive(s3, bucket, "hollow", real, old)
+        copy_archive(s3, bucket, "hollow", real, short)
+        # The newest lost its dump (a manifest that outlived its objects); another was cut short.
+        s3.delete_object(Bucket=bucket, Key=f"archives/hollow/{real}/database.dump.zst.gpg")
+        s3.put_object(Bucket=bucket, Key=f"archives/hollow/{short}/database.dump.zst.gpg",
+                      Body=b"short")
+        listing = (await c.get("/v1/targets/hollow/archives", headers=auth("viewer"))).json()
+        complete = {a["backup_id"]: a["complete"] for a in listing["items"]}
+        assert complete == {real: False, short: False, old: True}
+
+        resp = await c.post("/v1/targets/hollow/retention", headers=auth("admin"),
+                            json={"dry_run": True})
+        dry = await wait_job(c, resp.json()["id"])
+    assert dry["status"] == "succeeded", dry
+    assert old in ids(dry["result"]["kept"])  # the only good one, however old

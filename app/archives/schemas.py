@@ -15,6 +15,10 @@ class Verification(BaseModel):
     job_id: UUID
     finished_at: datetime | None
     summary: str
+    damaged: bool = Field(False, description=(
+        "the failure proves the archive itself broken (a missing object, a hash, decryption, "
+        "table of contents or row count mismatch), not the machinery around it; retention no "
+        "longer counts a damaged archive as good"))
 
 
 class Archive(BaseModel):

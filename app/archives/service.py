@@ -67,13 +67,23 @@ async def _scan(services: Services, target: str) -> dict[str, list[ObjectInfo]]:
     return grouped
 
 
+# Steps whose failure proves the archive broken; any other (storage unreachable, a worker lost,
+# no room for a scratch database) says nothing about it.
+DAMAGE_STEPS = frozenset({"checksum", "decrypt", "pg_restore --list", "compare"})
+
+
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
              doc: dict[str, Any] | None, verification: Verification | None) -> Archive:
     size = sum(o.size for o in objects if not o.key.endswith(mf.MANIFEST))
+    # Complete: a manifest, and every object it lists present at its size (a manifest that
+    # outlived its objects, or an object cut short, is no backup).
+    stored = {o.key.split("/", 2)[-1]: o.size for o in objects}
+    complete = doc is not None and all(
+        stored.get(obj.get("key")) == obj.get("size_bytes") for obj in doc.get("objects") or [])
     return Archive(
         backup_id=backup_id, target=target, created_at=mf.backup_time(backup_id),
         finished_at=doc.get("finished_at") if doc else None,
-        size_bytes=size, complete=doc is not None,
+        size_bytes=size, complete=complete,
         label=doc.get("label") if doc else None,
         job_id=doc.get("job_id") if doc else None,
         database_size_bytes=doc.get("database_size_bytes") if doc else None,
@@ -88,7 +98,9 @@ async def _verifications(services: Services, target: str,
     return {
         r["params"]["backup_id"]: Verification(
             status=r["status"], level=r["params"].get("level", "checksum"), job_id=r["id"],
-            finished_at=r["finished_at"], summary=r["summary"])
+            finished_at=r["finished_at"], summary=r["summary"],
+            damaged=r["status"] == "failed"
+            and (r["result"] or {}).get("failed_step") in DAMAGE_STEPS)
         for r in rows
     }
 
@@ -137,8 +149,7 @@ async def get_archive(services: Services, target: str, backup_id: str) -> Archiv
 
 def is_good(archive: Archive) -> bool:
     """Complete, and not proven broken by its last verification."""
-    return archive.complete and not (archive.verification and
-                                     archive.verification.status == "failed")
+    return archive.complete and not (archive.verification and archive.verification.damaged)
 
 
 @contextlib.asynccontextmanager

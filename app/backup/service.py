@@ -121,6 +121,10 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
     try:
         await ctx.assert_lease()
         await storage.put(key, manifest.dumps(doc))
+        # Still ours after the write? If a replica reaped the job meanwhile (this worker cut off
+        # from the metadata database for a whole lease), it may have deleted the objects: the
+        # manifest must not stay to vouch for them.
+        await ctx.assert_lease()
     except BaseException as exc:
         # The write may have landed even if it reported failure: manifest first, then objects.
         await asyncio.shield(_discard_manifest_first(storage, key, written))

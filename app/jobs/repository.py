@@ -91,10 +91,14 @@ async def finish(conn: Any, job_id: UUID, *, status: str, result: dict[str, Any]
         job_id, status, result, error, summary, owner)
 
 
-async def holds_lease(conn: Any, job_id: UUID, owner: str) -> bool:
+async def renew_if_held(conn: Any, job_id: UUID, owner: str, lease_s: float) -> bool:
+    """Whether this worker still holds the lease, renewed at once for a full term: a lease that
+    was about to run out cannot expire under the step that follows."""
     return bool(await conn.fetchval(
-        """SELECT 1 FROM jobs WHERE id = $1 AND status = 'running' AND lease_owner = $2
-             AND lease_expires_at > now()""", job_id, owner))
+        """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+           WHERE id = $1 AND status = 'running' AND lease_owner = $2
+             AND lease_expires_at > now()
+           RETURNING 1""", job_id, owner, lease_s))
 
 
 async def request_cancel(conn: Any, job_id: UUID) -> Any:

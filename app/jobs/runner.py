@@ -96,9 +96,11 @@ class JobContext:
                                        bytes_uploaded=self.bytes_uploaded)
 
     async def assert_lease(self) -> None:
-        """Raise unless this worker still holds the job's lease (before an irreversible step)."""
+        """Raise unless this worker still holds the job's lease, renewing it (around an
+        irreversible step)."""
         async with self.services.pool.acquire() as conn:
-            if not await repo.holds_lease(conn, self.job_id, self.owner):
+            if not await repo.renew_if_held(conn, self.job_id, self.owner,
+                                            self.services.settings.lease_seconds):
                 raise StepFailed("lease", "this worker lost the job's lease; another replica "
                                           "has taken over its clean-up")
 
@@ -275,6 +277,7 @@ class JobRunner:
             error = {"title": f"{ctx.kind.capitalize()} failed",
                      "detail": redact(exc.detail, secrets_)}
             summary = f"{ctx.kind} failed at {exc.step}"
+            result = {"failed_step": exc.step}
         except PgVaultError as exc:
             error = {"title": exc.title, "detail": redact(exc.detail, secrets_)}
             summary = f"{ctx.kind} failed: {redact(exc.detail, secrets_)[:120]}"

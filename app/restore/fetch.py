@@ -130,7 +130,7 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
             await asyncio.shield(pipeline.kill())
             raise
     except KeyError:
-        raise StepFailed("download", f"object {name} is missing from storage") from None
+        raise StepFailed("checksum", f"object {name} is missing from storage") from None
     except StorageError as exc:
         raise StepFailed("download", str(exc)) from None
     finally:

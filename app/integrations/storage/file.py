@@ -8,6 +8,7 @@ runs in threads, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -90,7 +91,15 @@ class FileStorage:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
 
-        await asyncio.to_thread(write)
+        # A cancelled caller must not return while the thread can still rename the file into
+        # place: it would delete the manifest, then see it appear behind its back.
+        done = asyncio.ensure_future(asyncio.to_thread(write))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(done)
+            raise
 
     async def get(self, key: str) -> bytes:
         path = self._path(key)
