@@ -152,13 +152,16 @@ def test_scratch_folders_of_dead_processes_are_swept(tmp_path: Path) -> None:
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    mine = tmp_path / f"pgvault-{os.getpid()}-abc"
-    orphan = tmp_path / f"pgvault-{gone.pid}-def"
-    for folder in (mine, orphan):
+    start = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    mine = tmp_path / f"pgvault-{os.getpid()}-{start}-abc"
+    orphan = tmp_path / f"pgvault-{gone.pid}-{start}-def"
+    # A container restarted: the same pid (1 there) again, but not the same process.
+    reused = tmp_path / f"pgvault-{os.getpid()}-{start - 1}-ghi"
+    for folder in (mine, orphan, reused):
         folder.mkdir()
         (folder / "database.plain").write_bytes(b"decrypted")
-    assert sweep_orphans(tmp_path) == [orphan]
-    assert mine.exists() and not orphan.exists()
+    assert sorted(sweep_orphans(tmp_path)) == sorted([orphan, reused])
+    assert mine.exists() and not orphan.exists() and not reused.exists()
 
 
 

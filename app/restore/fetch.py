@@ -38,8 +38,7 @@ if TYPE_CHECKING:
 @contextlib.asynccontextmanager
 async def scratch_dir(ctx: JobContext) -> AsyncIterator[Path]:
     base = ctx.services.settings.work_dir
-    path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"pgvault-{os.getpid()}-",
-                                        dir=base))
+    path = Path(await asyncio.to_thread(_mkdtemp, base))
     await ctx.note_cleanup("scratch_dir", str(path))
     try:
         yield path
@@ -47,25 +46,37 @@ async def scratch_dir(ctx: JobContext) -> AsyncIterator[Path]:
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, path, True))
 
 
+def _mkdtemp(base: Path | None) -> str:
+    pid = os.getpid()
+    return tempfile.mkdtemp(dir=base, prefix=f"pgvault-{pid}-{_started(pid)}-")
+
+
 def sweep_orphans(base: Path | None) -> list[Path]:
-    """Remove scratch folders (decrypted dumps) whose process is gone: a crash left them."""
+    """Remove scratch folders (decrypted dumps) whose process is gone: a crash left them.
+
+    A folder is named ``pgvault-<pid>-<start>-<random>``: the pid alone would keep a dead
+    worker's plaintext forever in a container, where every restart is pid 1 again."""
     removed = []
     for path in Path(base or tempfile.gettempdir()).glob("pgvault-*-*"):
-        pid = path.name.split("-")[1]
-        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        parts = path.name.split("-")
+        if not path.is_dir() or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        start = parts[2] if len(parts) > 3 and parts[2].isdigit() else None
+        if _started(pid) is None or (start is not None and _started(pid) != int(start)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None if there is none."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces and parentheses); start is field 22.
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 async def _feed(ctx: JobContext, key: str, fd: int, digest: hashlib._Hash,
