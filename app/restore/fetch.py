@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,16 +81,15 @@ def _started(pid: int) -> int | None:
 
 
 async def _feed(ctx: JobContext, key: str, fd: int, digest: hashlib._Hash,
-                on_bytes: Callable[[int], None]) -> int:
-    """Stream an object into ``fd`` (gpg's stdin), hashing it; returns its size."""
+                on_bytes: Callable[[int], None], writer: ThreadPoolExecutor) -> int:
+    """Stream an object into ``fd`` (gpg's stdin), hashing it; returns its size. The writes run
+    on ``writer``, which the caller joins before it closes ``fd``."""
+    loop = asyncio.get_running_loop()
     size = 0
-    try:
-        async for chunk in ctx.services.storage.iter_chunks(key, 4 << 20):
-            await asyncio.to_thread(_write_all, fd, digest, chunk)
-            size += len(chunk)
-            on_bytes(size)
-    finally:
-        os.close(fd)
+    async for chunk in ctx.services.storage.iter_chunks(key, 4 << 20):
+        await loop.run_in_executor(writer, _write_all, fd, digest, chunk)
+        size += len(chunk)
+        on_bytes(size)
     return size
 
 
@@ -109,6 +109,17 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
     name = entry["key"]
     digest = hashlib.sha256()
     feed_r, feed_w = os.pipe()
+    feed_open = True
+    # One writer thread, joined before feed_w is closed: a write cut short by a cancel must not
+    # go on into whatever reuses the descriptor number.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgvault-fetch")
+
+    def close_feed() -> None:
+        nonlocal feed_open
+        if feed_open:
+            feed_open = False
+            os.close(feed_w)
+
     pass_r: int | None = None
     out = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     pipeline_error: PipelineError | None = None
@@ -123,14 +134,12 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
                              pg_tools.zstd_decompress_stage()], stdin=feed_r, stdout=out)
         try:
             await pipeline.start()
-        except BaseException:
-            os.close(feed_w)
-            raise
         finally:
             os.close(feed_r)
         try:
             try:
-                size = await _feed(ctx, key, feed_w, digest, on_bytes)
+                size = await _feed(ctx, key, feed_w, digest, on_bytes, writer)
+                close_feed()  # the writer is idle: its last write returned
                 fed_all = True
             except BrokenPipeError:
                 pass  # gpg stopped reading: its exit code says why
@@ -145,6 +154,9 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
     except StorageError as exc:
         raise StepFailed("download", str(exc)) from None
     finally:
+        # gpg is gone or done by now, so a write still in the thread ends (EPIPE at worst).
+        await asyncio.shield(asyncio.to_thread(writer.shutdown, wait=True))
+        close_feed()
         os.close(out)
         if pass_r is not None:
             os.close(pass_r)
