@@ -22,7 +22,9 @@ import contextlib
 import os
 import signal
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 STDERR_TAIL = 4000
 KILL_AFTER_S = 5.0
@@ -221,3 +223,40 @@ async def run(stage: Stage, *, stdin: int | None = None, timeout: float | None =
     except BaseException:
         await asyncio.shield(pipeline.kill())
         raise
+
+
+class PipeWriter:
+    """Blocking writes into a pipe to a child (its stdin), off the event loop.
+
+    All writes run on one thread of its own, and :meth:`close` joins that thread before it closes
+    the descriptor, once: a write still looping after a cancel can never go on into whatever file
+    reuses the descriptor number. Kill the reading child first on a failure path, so a blocked
+    write ends (EPIPE)."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pgvault-{name}")
+        self._closing: asyncio.Future[None] | None = None
+
+    async def write(self, data: bytes, digest: Any = None) -> None:
+        """Write all of ``data`` (updating ``digest`` with it first, on the same thread)."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, _write_all, self.fd,
+                                                         data, digest)
+
+    async def close(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._join_and_close())
+        await asyncio.shield(self._closing)
+
+    async def _join_and_close(self) -> None:
+        await asyncio.to_thread(self._thread.shutdown, wait=True)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _write_all(fd: int, data: bytes, digest: Any) -> None:
+    if digest is not None:
+        digest.update(data)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -22,14 +22,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.backup import manifest as mf
 from app.errors import StepFailed
 from app.integrations import gpg, pg_tools
-from app.integrations.process import Pipeline, PipelineError
+from app.integrations.process import Pipeline, PipelineError, PipeWriter
 from app.integrations.storage import StorageError
 
 if TYPE_CHECKING:
@@ -80,25 +79,15 @@ def _started(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-async def _feed(ctx: JobContext, key: str, fd: int, digest: hashlib._Hash,
-                on_bytes: Callable[[int], None], writer: ThreadPoolExecutor) -> int:
-    """Stream an object into ``fd`` (gpg's stdin), hashing it; returns its size. The writes run
-    on ``writer``, which the caller joins before it closes ``fd``."""
-    loop = asyncio.get_running_loop()
+async def _feed(ctx: JobContext, key: str, feed: PipeWriter, digest: hashlib._Hash,
+                on_bytes: Callable[[int], None]) -> int:
+    """Stream an object into gpg's stdin, hashing it; returns its size."""
     size = 0
     async for chunk in ctx.services.storage.iter_chunks(key, 4 << 20):
-        await loop.run_in_executor(writer, _write_all, fd, digest, chunk)
+        await feed.write(chunk, digest)
         size += len(chunk)
         on_bytes(size)
     return size
-
-
-def _write_all(fd: int, digest: hashlib._Hash, chunk: bytes) -> None:
-    digest.update(chunk)
-    view = memoryview(chunk)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: Path,
@@ -109,17 +98,7 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
     name = entry["key"]
     digest = hashlib.sha256()
     feed_r, feed_w = os.pipe()
-    feed_open = True
-    # One writer thread, joined before feed_w is closed: a write cut short by a cancel must not
-    # go on into whatever reuses the descriptor number.
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgvault-fetch")
-
-    def close_feed() -> None:
-        nonlocal feed_open
-        if feed_open:
-            feed_open = False
-            os.close(feed_w)
-
+    feed = PipeWriter(feed_w, "fetch")
     pass_r: int | None = None
     out = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     pipeline_error: PipelineError | None = None
@@ -138,8 +117,8 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
             os.close(feed_r)
         try:
             try:
-                size = await _feed(ctx, key, feed_w, digest, on_bytes, writer)
-                close_feed()  # the writer is idle: its last write returned
+                size = await _feed(ctx, key, feed, digest, on_bytes)
+                await feed.close()  # end of input for gpg
                 fed_all = True
             except BrokenPipeError:
                 pass  # gpg stopped reading: its exit code says why
@@ -154,9 +133,7 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
     except StorageError as exc:
         raise StepFailed("download", str(exc)) from None
     finally:
-        # gpg is gone or done by now, so a write still in the thread ends (EPIPE at worst).
-        await asyncio.shield(asyncio.to_thread(writer.shutdown, wait=True))
-        close_feed()
+        await feed.close()  # gpg is gone or done by now: a write still going ends (EPIPE)
         os.close(out)
         if pass_r is not None:
             os.close(pass_r)

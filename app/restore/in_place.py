@@ -22,17 +22,15 @@ rather than vanish with CASCADE.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.config import PgDsn
 from app.errors import StepFailed
 from app.integrations import pg_tools
-from app.integrations.process import Pipeline, PipelineError, run
+from app.integrations.process import Pipeline, PipelineError, PipeWriter, run
 from app.integrations.target_db import connect_target
 
 if TYPE_CHECKING:
@@ -137,21 +135,7 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str) -> None:
     feed_r, feed_w = os.pipe()
     psql = Pipeline([pg_tools.psql_stage(dsn, dsn.database, None)], stdin=feed_r,
                     stdout=subprocess.DEVNULL)
-    # One writer thread: it is joined before feed_w is closed, so a write cut short by a cancel
-    # can never land in whatever file reuses the descriptor number.
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgvault-in-place")
-
-    closing: asyncio.Future[None] | None = None
-
-    async def write(data: bytes) -> None:
-        await asyncio.get_running_loop().run_in_executor(writer, _write_all, feed_w, data)
-
-    async def close_feed() -> None:
-        nonlocal closing
-        if closing is None:  # once: a second close could hit a descriptor reused meanwhile
-            closing = asyncio.ensure_future(_close_feed(writer, feed_w))
-        await asyncio.shield(closing)
-
+    feed = PipeWriter(feed_w, "in-place")
     try:
         try:
             await psql.start()
@@ -159,7 +143,7 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str) -> None:
             os.close(feed_r)
         await restore.start()
         try:
-            await write(head.encode())
+            await feed.write(head.encode())
             # The script's own last statement is its COMMIT; hold it back until pg_restore has
             # exited 0 (its "BEGIN;" inside ours is only a warning).
             tail = b""
@@ -167,17 +151,17 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str) -> None:
                 data = tail + chunk
                 keep = max(0, len(data) - SCRIPT_TAIL)
                 if keep:
-                    await write(data[:keep])
+                    await feed.write(data[:keep])
                 tail = data[keep:]
             await restore.wait()
-            await write(_without_commit(tail) + b"COMMIT;\n")
+            await feed.write(_without_commit(tail) + b"COMMIT;\n")
         except BrokenPipeError:
             pass  # psql stopped on an error: its exit code says which
         except PipelineError as exc:
             # pg_restore failed: kill psql before its input ends, so nothing is committed.
             await asyncio.shield(psql.kill())
             raise StepFailed("restore in place (rolled back)", str(exc)) from None
-        await close_feed()
+        await feed.close()
         try:
             await psql.wait()
         except PipelineError as exc:
@@ -186,7 +170,7 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str) -> None:
         await asyncio.shield(_kill_all(psql, restore))
         raise
     finally:
-        await close_feed()
+        await feed.close()
 
 
 SCRIPT_TAIL = 4096
@@ -202,19 +186,6 @@ def _without_commit(tail: bytes) -> bytes:
         raise StepFailed("restore in place (rolled back)",
                          "pg_restore's script did not end with its COMMIT")
     return tail[:at + 1] + after
-
-
-async def _close_feed(writer: ThreadPoolExecutor, fd: int) -> None:
-    """Join the writer thread (psql is dead or has read everything, so it ends), then close."""
-    await asyncio.to_thread(writer.shutdown, wait=True)
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 async def _kill_all(psql: Pipeline, restore: Pipeline) -> None:
