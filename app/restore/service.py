@@ -7,7 +7,8 @@ verify:   fetch -> ``pg_restore --list`` (checksum) or restore into a scratch da
 
 Nothing touches the destination before every object's hash has been checked and decrypted with
 gpg's success status. A ``new_database`` restore that fails is dropped; an ``in_place`` restore runs
-``--clean --if-exists --single-transaction``, so a failure rolls the target back to what it was.
+in one transaction that pgvault commits only after pg_restore succeeded (see ``in_place``), so a
+failure rolls the target back to what it was.
 """
 
 from __future__ import annotations
