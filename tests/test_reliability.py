@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 
 from app.config import Settings
 from tests.conftest import ROOT, auth, dsn, running_app, start_uploading_backup, wait_job
@@ -172,3 +173,31 @@ async def test_worker_that_lost_its_lease_stops_and_writes_no_manifest(
     assert job["status"] == "failed" and job["error"]["title"] == "Worker lost"
     assert not [k for k in archive_keys(s3, bucket, "cutoff") if k.endswith("manifest.json")]
     assert pending_uploads(s3, bucket, "cutoff") == []
+
+
+async def test_a_metadata_blip_after_the_manifest_keeps_the_finished_backup(
+        make_settings: Any, pagila_db: str, s3: Any, bucket: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease check after the manifest write cannot reach the metadata database: that proves
+    nothing, and the archive is whole, so it must stay (only a lease lost to a reaper discards)."""
+    from app.jobs.runner import JobContext
+
+    real = JobContext.assert_lease
+    calls = 0
+
+    async def flaky(self: JobContext) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the check right after the manifest was written
+            raise ConnectionResetError("metadata database went away")
+        await real(self)
+
+    monkeypatch.setattr(JobContext, "assert_lease", flaky)
+    async with running_app(make_settings(targets={"blip": {"dsn": dsn(pagila_db)}})) as c:
+        resp = await c.post("/v1/targets/blip/backups", headers=auth("operator"))
+        job = await wait_job(c, resp.json()["id"])
+        listing = (await c.get("/v1/targets/blip/archives", headers=auth("viewer"))).json()
+    assert calls == 2
+    assert job["status"] == "succeeded", job["error"]
+    assert [a["complete"] for a in listing["items"]] == [True]
+    assert any(k.endswith("manifest.json") for k in archive_keys(s3, bucket, "blip"))

@@ -121,10 +121,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
     try:
         await ctx.assert_lease()
         await storage.put(key, manifest.dumps(doc))
-        # Still ours after the write? If a replica reaped the job meanwhile (this worker cut off
-        # from the metadata database for a whole lease), it may have deleted the objects: the
-        # manifest must not stay to vouch for them.
-        await ctx.assert_lease()
+        await _confirm_lease(ctx)
     except BaseException as exc:
         # The write may have landed even if it reported failure: manifest first, then objects.
         await asyncio.shield(_discard_manifest_first(storage, key, written))
@@ -150,6 +147,19 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
     summary = (f"backup {backup_id} of {ctx.target}: {_mb(size)} stored from a "
                f"{_mb(server['database_size_bytes'])} database in {duration:.1f} s")
     return result, summary
+
+
+async def _confirm_lease(ctx: JobContext) -> None:
+    """Still ours after the manifest write? If a replica reaped the job meanwhile (this worker
+    cut off from the metadata database for a whole lease), it may have deleted the objects: the
+    manifest must not stay to vouch for them (:class:`StepFailed`). A metadata database that
+    cannot be asked proves nothing either way: the archive is whole, so it stays."""
+    try:
+        await ctx.assert_lease()
+    except StepFailed:
+        raise
+    except Exception as exc:
+        ctx.log.warning("lease_unconfirmed_after_manifest", error_type=type(exc).__name__)
 
 
 async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
