@@ -155,3 +155,62 @@ async def test_an_archive_whose_objects_are_gone_is_neither_complete_nor_good(
         dry = await wait_job(c, resp.json()["id"])
     assert dry["status"] == "succeeded", dry
     assert old in ids(dry["result"]["kept"])  # the only good one, however old
+
+
+async def test_only_a_conclusive_verification_decides_damage(
+        make_settings: Any, pagila_db: str, gpg_key: Any, tmp_path: Any) -> None:
+    """A verification that fails for the machine's sake (here: a replica whose keyring has no
+    secret key) neither condemns a good archive nor clears a damaged one."""
+    import subprocess
+
+    from tests.conftest import PREFIX, admin_conn
+
+    home, fpr = gpg_key
+    public_only = tmp_path / "gnupg"
+    public_only.mkdir(mode=0o700)
+    exported = subprocess.run(["gpg", "--homedir", str(home), "--export", fpr],
+                              check=True, capture_output=True).stdout
+    subprocess.run(["gpg", "--homedir", str(public_only), "--batch", "--import"],
+                   input=exported, check=True, capture_output=True)
+    subprocess.run(["gpg", "--homedir", str(public_only), "--batch", "--import-ownertrust"],
+                   input=f"{fpr}:6:\n".encode(), check=True, capture_output=True)
+    targets = {"verdict": {"dsn": dsn(pagila_db)}}
+
+    async def shown(c: Any, bid: str) -> dict[str, Any]:
+        items = (await c.get("/v1/targets/verdict/archives", headers=auth("viewer"))).json()
+        verification: dict[str, Any] = next(
+            a for a in items["items"] if a["backup_id"] == bid)["verification"]
+        return verification
+
+    async with running_app(make_settings(targets=targets)) as c:
+        bid = (await backup(c, "verdict"))["result"]["backup_id"]
+    try:
+        async with running_app(make_settings(targets=targets, gpg_home=public_only)) as c:
+            resp = await c.post(f"/v1/targets/verdict/archives/{bid}/verify",
+                                headers=auth("operator"), json={"level": "checksum"})
+            failed = await wait_job(c, resp.json()["id"])
+            assert failed["status"] == "failed"
+            assert failed["error"]["detail"].startswith("keys:"), failed["error"]
+            first = await shown(c, bid)
+            assert first["status"] == "failed" and first["damaged"] is False
+
+            # Had an earlier run found it broken, the inconclusive one would not clear that.
+            meta = await admin_conn(f"{PREFIX}_meta")
+            try:
+                await meta.execute(
+                    """UPDATE jobs SET finished_at = now() - interval '1 day'
+                       WHERE kind = 'verify' AND target = 'verdict'""")
+                await meta.execute(
+                    """INSERT INTO jobs (id, kind, target, params, requested_by, summary,
+                                        status, result, finished_at)
+                       VALUES (gen_random_uuid(), 'verify', 'verdict', $1::jsonb, 'test', 'x',
+                               'failed', '{"failed_step": "checksum"}',
+                               now() - interval '2 days')""",
+                    json.dumps({"backup_id": bid, "level": "checksum"}))
+            finally:
+                await meta.close()
+            second = await shown(c, bid)
+            assert second["job_id"] == first["job_id"] and second["damaged"] is True
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(public_only), "--kill", "all"],
+                       capture_output=True)

@@ -16,9 +16,10 @@ class Verification(BaseModel):
     finished_at: datetime | None
     summary: str
     damaged: bool = Field(False, description=(
-        "the failure proves the archive itself broken (a missing object, a hash, decryption, "
-        "table of contents or row count mismatch), not the machinery around it; retention no "
-        "longer counts a damaged archive as good"))
+        "the last conclusive verification (passed, or failed on a missing object, a hash, "
+        "decryption, table of contents or row count mismatch) found the archive broken; a later "
+        "run that failed for another reason does not clear it. Retention does not count a "
+        "damaged archive as good"))
 
 
 class Archive(BaseModel):

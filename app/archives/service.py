@@ -94,13 +94,11 @@ def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
 async def _verifications(services: Services, target: str,
                          backup_ids: list[str]) -> dict[str, Verification]:
     async with services.pool.acquire() as conn:
-        rows = await jobs_repo.last_verifications(conn, target, backup_ids)
+        rows = await jobs_repo.last_verifications(conn, target, backup_ids, sorted(DAMAGE_STEPS))
     return {
         r["params"]["backup_id"]: Verification(
             status=r["status"], level=r["params"].get("level", "checksum"), job_id=r["id"],
-            finished_at=r["finished_at"], summary=r["summary"],
-            damaged=r["status"] == "failed"
-            and (r["result"] or {}).get("failed_step") in DAMAGE_STEPS)
+            finished_at=r["finished_at"], summary=r["summary"], damaged=r["damaged"])
         for r in rows
     }
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+
+from app.errors import StepFailed
+
 INVALID_INDEXES = """
 SELECT n.nspname AS schema, c.relname AS name, t.relname AS table
 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
@@ -33,9 +37,11 @@ async def compare_rows(conn: Any, tables: list[dict[str, Any]]) -> dict[str, Any
         error: str | None = None
         try:
             rows = await conn.fetchval(sql)
-        except Exception as exc:  # a table that did not come back is a mismatch, not a crash
-            rows = None
-            error = type(exc).__name__
+        except asyncpg.UndefinedTableError:  # a table that did not come back is a mismatch
+            rows, error = None, "missing"
+        except asyncpg.PostgresError as exc:  # says nothing of the archive (a timeout, say)
+            raise StepFailed("count", f"counting {table['schema']}.{table['name']} failed: "
+                                      f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})") from None
         checked += 1
         if rows != table["rows"]:
             mismatches.append({"schema": table["schema"], "name": table["name"],

@@ -146,13 +146,32 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
                                          f"..., the manifest says {entry['sha256'][:16]}...: "
                                          "corrupt or tampered with")
     if pipeline_error is not None:
-        raise StepFailed("decrypt", str(pipeline_error))
+        raise await _unpack_failure(status, pipeline_error)
     if not fed_all:
         raise StepFailed("decrypt", f"gpg stopped reading {name} before its end")
     status_text = await asyncio.to_thread(status.read_text)
     if not gpg.decryption_succeeded(status_text):
         raise StepFailed("decrypt", "gpg did not report a verified decryption (no "
                                     "DECRYPTION_OKAY); the archive cannot be trusted")
+
+
+async def _unpack_failure(status: Path, error: PipelineError) -> StepFailed:
+    """gpg or zstd failed on an object whose hash matched. That is the archive's fault
+    ("decrypt": it counts as damage) unless the machine is plainly to blame: this keyring has no
+    secret key for it, or the work directory is full."""
+    try:
+        status_text = await asyncio.to_thread(status.read_text)
+    except OSError:
+        status_text = ""
+    # gpg says NO_SECKEY in its status, or only "No secret key" on stderr (when the keyring
+    # lacks the subkey altogether); children run in the C locale, so the words are stable.
+    no_key = "NO_SECKEY" in status_text or "No secret key" in str(error)
+    if no_key and "DECRYPTION_OKAY" not in status_text:
+        return StepFailed("keys", "this replica's keyring holds no secret key for the archive's "
+                                  f"recipients (PGVAULT_GPG_HOME): {error}")
+    if "No space left on device" in str(error):
+        return StepFailed("unpack", f"the work directory is full: {error}")
+    return StepFailed("decrypt", str(error))
 
 
 async def fetch(ctx: JobContext, doc: dict[str, Any], workdir: Path) -> dict[str, Path]:

@@ -225,7 +225,10 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
         if result["unvalidated_constraints"]:
             problems.append(f"{len(result['unvalidated_constraints'])} unvalidated constraint(s)")
     if problems:
-        raise StepFailed("compare", "; ".join(problems))
+        # Rows that differ from the manifest condemn the archive ("compare"); an invalid index or
+        # a NOT VALID constraint may have come from the source itself ("checks").
+        raise StepFailed("compare" if not result["row_counts"]["ok"] else "checks",
+                         "; ".join(problems))
     summary = (f"{level} verification of {doc['backup_id']} passed: "
                f"{result['objects_checked']} object(s), {result['toc_entries']} TOC entries"
                + (f", {result['row_counts']['tables_checked']} tables match"
