@@ -144,25 +144,40 @@ async def test_part_size_grows_so_any_dump_fits_in_10000_parts() -> None:
     assert stored.size_bytes == 1000 == sum(Store.upload.parts)
 
 
-def test_scratch_folders_of_dead_processes_are_swept(tmp_path: Path) -> None:
+def test_scratch_folders_no_live_process_owns_are_swept(tmp_path: Path) -> None:
     import os
     import subprocess
+    import sys
+    import time
 
-    from app.restore.fetch import sweep_orphans
+    from app.restore.fetch import OWNER_LOCK, _make_owned, _remove_owned, sweep_orphans
 
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    start = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    mine = tmp_path / f"pgvault-{os.getpid()}-{start}-abc"
-    orphan = tmp_path / f"pgvault-{gone.pid}-{start}-def"
-    # A container restarted: the same pid (1 there) again, but not the same process.
-    reused = tmp_path / f"pgvault-{os.getpid()}-{start - 1}-ghi"
-    for folder in (mine, orphan, reused):
+    mine, lock_fd = _make_owned(tmp_path)  # this process, alive
+    orphan, orphan_fd = _make_owned(tmp_path)
+    os.close(orphan_fd)  # what the kernel does when the owner dies
+    other = tmp_path / "pgvault-1-other"  # another live process (pid 1 in its container, say)
+    other.mkdir()
+    (other / OWNER_LOCK).touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; "
+         f"fd = os.open({str(other / OWNER_LOCK)!r}, os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    old = tmp_path / "pgvault-123-legacy"  # an older version's folder: no lock file
+    fresh = tmp_path / "pgvault-456-justmade"  # created, its lock not taken yet
+    for folder in (old, fresh):
         folder.mkdir()
         (folder / "database.plain").write_bytes(b"decrypted")
-    assert sorted(sweep_orphans(tmp_path)) == sorted([orphan, reused])
-    assert mine.exists() and not orphan.exists() and not reused.exists()
-
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert sorted(sweep_orphans(tmp_path)) == sorted([Path(orphan), old])
+        assert Path(mine).exists() and other.exists() and fresh.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        _remove_owned(Path(mine), lock_fd)
+    assert not Path(mine).exists()
 
 
 def test_the_v1_gate_knows_the_role_of_every_v1_operation() -> None:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,48 +37,65 @@ if TYPE_CHECKING:
     from app.jobs.runner import JobContext
 
 
+OWNER_LOCK = ".owner.lock"
+# A folder without its lock file is either from an older version or a moment old (created, not
+# yet locked): only the former is swept, by age.
+UNLOCKED_STALE_S = 600
+
+
 @contextlib.asynccontextmanager
 async def scratch_dir(ctx: JobContext) -> AsyncIterator[Path]:
     base = ctx.services.settings.work_dir
-    path = Path(await asyncio.to_thread(_mkdtemp, base))
+    folder, lock_fd = await asyncio.to_thread(_make_owned, base)
+    path = Path(folder)
     await ctx.note_cleanup("scratch_dir", str(path))
     try:
         yield path
     finally:
-        await asyncio.shield(asyncio.to_thread(shutil.rmtree, path, True))
+        await asyncio.shield(asyncio.to_thread(_remove_owned, path, lock_fd))
 
 
-def _mkdtemp(base: Path | None) -> str:
-    pid = os.getpid()
-    return tempfile.mkdtemp(dir=base, prefix=f"pgvault-{pid}-{_started(pid)}-")
+def _make_owned(base: Path | None) -> tuple[str, int]:
+    """A private folder, and a lock on it that this process holds while it lives. The kernel
+    drops the lock when the process dies, whatever its pid namespace or host pid, so replicas
+    sharing a work_dir (containers that are all pid 1) can tell a dead owner from a live one."""
+    folder = tempfile.mkdtemp(dir=base, prefix=f"pgvault-{os.getpid()}-")
+    fd = os.open(os.path.join(folder, OWNER_LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return folder, fd
+
+
+def _remove_owned(path: Path, lock_fd: int) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.close(lock_fd)
 
 
 def sweep_orphans(base: Path | None) -> list[Path]:
-    """Remove scratch folders (decrypted dumps) whose process is gone: a crash left them.
-
-    A folder is named ``pgvault-<pid>-<start>-<random>``: the pid alone would keep a dead
-    worker's plaintext forever in a container, where every restart is pid 1 again."""
+    """Remove scratch folders (decrypted dumps) that no live process owns: a crash left them."""
     removed = []
-    for path in Path(base or tempfile.gettempdir()).glob("pgvault-*-*"):
-        parts = path.name.split("-")
-        if not path.is_dir() or not parts[1].isdigit():
+    for path in Path(base or tempfile.gettempdir()).glob("pgvault-*"):
+        if not path.is_dir():
             continue
-        pid = int(parts[1])
-        start = parts[2] if len(parts) > 3 and parts[2].isdigit() else None
-        if _started(pid) is None or (start is not None and _started(pid) != int(start)):
+        try:
+            fd = os.open(path / OWNER_LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime > UNLOCKED_STALE_S:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its owner is alive
+        else:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+        finally:
+            os.close(fd)
     return removed
-
-
-def _started(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks after boot), or None if there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Fields after the command name (which may hold spaces and parentheses); start is field 22.
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 async def _feed(ctx: JobContext, key: str, feed: PipeWriter, digest: hashlib._Hash,
