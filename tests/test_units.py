@@ -195,3 +195,19 @@ def test_the_v1_gate_knows_the_role_of_every_v1_operation() -> None:
     roles = {(m, route.path): role for route, role in v1_roles() for m in route.methods}
     assert roles[("POST", "/v1/targets/{target}/restores")] == "admin"
     assert roles[("GET", "/v1/targets/{target}/archives")] == "viewer"
+
+
+def test_large_object_entries_of_pg_dump_15_and_17() -> None:
+    from app.restore.in_place import large_object_entries
+
+    toc = """;
+; Archive created at 2026-11-24 18:00:00 UTC
+3341; 2613 63934 BLOB - 63934 postgres
+3342; 2613 63935 BLOB - 63935 postgres
+3343; 0 0 BLOBS - BLOBS
+4102; 0 0 BLOB METADATA - 16385..16390 postgres
+4103; 0 0 BLOBS - 16385..16390 postgres
+215; 1259 16390 TABLE public docs postgres
+"""
+    assert [line.split(";")[0] for line in large_object_entries(toc)] == ["3341", "3342",
+                                                                         "4102"]

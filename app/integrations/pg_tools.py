@@ -99,6 +99,12 @@ def pg_restore_script_stage(dump: Path) -> Stage:
                  ["pg_restore", "--single-transaction", "--file=-", "--", str(dump)])
 
 
+def pg_restore_selection_stage(dump: Path, selection: Path) -> Stage:
+    """The SQL of just the table-of-contents entries listed in ``selection`` (no connection)."""
+    return Stage("pg_restore --use-list",
+                 ["pg_restore", f"--use-list={selection}", "--file=-", "--", str(dump)])
+
+
 def psql_stage(dsn: PgDsn, database: str, sql_file: Path | None, *,
                single_transaction: bool = False) -> Stage:
     """psql running ``sql_file`` (or stdin), stopping at the first error (exit code 3)."""

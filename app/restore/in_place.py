@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,11 +90,27 @@ def dump_schemas(toc: str) -> list[str]:
     return found
 
 
-def dump_large_objects(toc: str) -> list[int]:
-    """OIDs of the large objects a dump holds (``<id>; <oid> <oid> BLOB - <oid> <owner>``)."""
-    return [int(parts[5]) for line in toc.splitlines()
+def large_object_entries(toc: str) -> list[str]:
+    """The table-of-contents lines of a dump's large objects: one ``BLOB - <oid>`` each up to
+    pg_dump 16, ``BLOB METADATA - <first>..<last>`` groups from 17 on (a range, not a list)."""
+    return [line for line in toc.splitlines()
             if not line.startswith(";") and len(parts := line.split()) >= 6
-            and parts[3:5] == ["BLOB", "-"] and parts[5].isdigit()]
+            and parts[3] == "BLOB" and (parts[4] == "-" or parts[4:6] == ["METADATA", "-"])]
+
+
+async def _large_object_oids(dump: Path, toc: str) -> list[int]:
+    """Exactly the OIDs of the dump's large objects, read from the ``lo_create`` calls that
+    pg_restore writes for just those entries."""
+    entries = large_object_entries(toc)
+    if not entries:
+        return []
+    selection = dump.with_name("large-objects.list")
+    await asyncio.to_thread(selection.write_text, "\n".join(entries) + "\n")
+    try:
+        script = await run(pg_tools.pg_restore_selection_stage(dump, selection))
+    except PipelineError as exc:
+        raise StepFailed("pg_restore --use-list", str(exc)) from None
+    return sorted({int(oid) for oid in re.findall(rb"lo_create\('(\d+)'\)", script)})
 
 
 async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
@@ -119,7 +136,7 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
                          "restore into a new database instead")
     if "public" in schemas:
         prelude += "\n" + (PUBLIC_15 if version >= 150000 else PUBLIC_OLD)
-    if large_objects := dump_large_objects(toc):
+    if large_objects := await _large_object_oids(dump, toc):
         # Large objects live outside every schema: the archive's own come back with the same
         # OIDs, so their present versions go first (as pg_restore --clean would do).
         oids = ",".join(str(oid) for oid in large_objects)
