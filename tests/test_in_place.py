@@ -169,6 +169,27 @@ async def test_in_place_rolls_back_when_pg_restore_dies(make_settings: Any) -> N
     assert await fingerprint(db) == changed  # nothing of the half restore was committed
 
 
+async def test_in_place_replaces_objects_that_live_in_no_schema(make_settings: Any) -> None:
+    """A publication, a foreign server and its user mapping survive DROP SCHEMA; the dump's
+    plain CREATE of each must not then fail on them."""
+    db, settings = await plain_target(make_settings, "globalip", 100)
+    psql(db, "-c", "CREATE FOREIGN DATA WRAPPER pgv_fdw; "
+                   "CREATE SERVER pgv_srv FOREIGN DATA WRAPPER pgv_fdw; "
+                   "CREATE USER MAPPING FOR postgres SERVER pgv_srv; "
+                   "CREATE PUBLICATION pgv_pub FOR TABLE public.t")
+    async with running_app(settings) as c:
+        job = await backup(c, "globalip")
+        before = await fingerprint(db)
+        psql(db, "-c", "DELETE FROM sales.orders")
+        done = await restore(c, "globalip", {"backup_id": job["result"]["backup_id"],
+                                             "mode": "in_place", "confirm": "globalip"})
+    assert done["status"] == "succeeded", done["error"]
+    assert await fingerprint(db) == before
+    published = psql(db, "-Atc", "SELECT count(*) FROM pg_publication_tables "
+                                 "WHERE pubname = 'pgv_pub'").stdout.strip()
+    assert published == "1"
+
+
 async def test_the_restore_script_has_one_transaction_whose_commit_is_held_back(
         tmp_path: Path) -> None:
     """Without pg_restore's --single-transaction its script commits large objects on its own,

@@ -99,10 +99,13 @@ def pg_restore_script_stage(dump: Path) -> Stage:
                  ["pg_restore", "--single-transaction", "--file=-", "--", str(dump)])
 
 
-def pg_restore_selection_stage(dump: Path, selection: Path) -> Stage:
-    """The SQL of just the table-of-contents entries listed in ``selection`` (no connection)."""
-    return Stage("pg_restore --use-list",
-                 ["pg_restore", f"--use-list={selection}", "--file=-", "--", str(dump)])
+def pg_restore_selection_stage(dump: Path, selection: Path, *, clean: bool = False) -> Stage:
+    """The SQL of just the table-of-contents entries listed in ``selection`` (no connection);
+    with ``clean``, led by their ``DROP ... IF EXISTS`` statements."""
+    argv = ["pg_restore", f"--use-list={selection}", "--file=-"]
+    if clean:
+        argv += ["--clean", "--if-exists"]
+    return Stage("pg_restore --use-list", [*argv, "--", str(dump)])
 
 
 def psql_stage(dsn: PgDsn, database: str, sql_file: Path | None, *,

@@ -6,6 +6,7 @@ transaction on one psql session that it drives itself:
 
     SET lock_timeout; BEGIN;
     DROP SCHEMA <each schema the archive has objects in> CASCADE;  CREATE SCHEMA public ...;
+    lo_unlink(<the archive's large objects>); DROP <its publications, servers, ...> IF EXISTS;
     <the dump as an SQL script, from pg_restore --single-transaction -f -, less its COMMIT>
     COMMIT;   -- written only after pg_restore exited 0
 
@@ -98,19 +99,51 @@ def large_object_entries(toc: str) -> list[str]:
             and parts[3] == "BLOB" and (parts[4] == "-" or parts[4:6] == ["METADATA", "-"])]
 
 
-async def _large_object_oids(dump: Path, toc: str) -> list[int]:
-    """Exactly the OIDs of the dump's large objects, read from the ``lo_create`` calls that
-    pg_restore writes for just those entries."""
-    entries = large_object_entries(toc)
-    if not entries:
-        return []
-    selection = dump.with_name("large-objects.list")
+# Objects of a dump that live in no schema, so DROP SCHEMA leaves them, and that pg_dump writes
+# with a plain CREATE (extensions come with IF NOT EXISTS; casts, event triggers and the like that
+# use an archive schema's types or functions go with it anyway).
+OUTSIDE_SCHEMA_TYPES = ("PUBLICATION", "EVENT TRIGGER", "SERVER", "FOREIGN DATA WRAPPER",
+                        "USER MAPPING", "CAST")
+
+
+def outside_schema_entries(toc: str) -> list[str]:
+    """The table-of-contents lines of objects in :data:`OUTSIDE_SCHEMA_TYPES`."""
+    found = []
+    for line in toc.splitlines():
+        parts = line.split(None, 3)
+        if not line.startswith(";") and len(parts) == 4 and parts[3].startswith(
+                tuple(f"{kind} - " for kind in OUTSIDE_SCHEMA_TYPES)):
+            found.append(line)
+    return found
+
+
+async def _selected_script(dump: Path, entries: list[str], name: str, *,
+                           clean: bool = False) -> bytes:
+    """The SQL pg_restore writes for just ``entries`` of the dump (with ``clean``, its
+    ``DROP ... IF EXISTS`` statements first)."""
+    selection = dump.with_name(f"{name}.list")
     await asyncio.to_thread(selection.write_text, "\n".join(entries) + "\n")
     try:
-        script = await run(pg_tools.pg_restore_selection_stage(dump, selection))
+        return await run(pg_tools.pg_restore_selection_stage(dump, selection, clean=clean))
     except PipelineError as exc:
         raise StepFailed("pg_restore --use-list", str(exc)) from None
-    return sorted({int(oid) for oid in re.findall(rb"lo_create\('(\d+)'\)", script)})
+
+
+async def _cleanup_outside_schemas(dump: Path, toc: str) -> str:
+    """What must go before the dump recreates them: the present versions of its large objects
+    (exactly its OIDs, from the ``lo_create`` calls pg_restore writes for them) and of its
+    schema-less objects (pg_restore --clean's own DROP statements for them)."""
+    sql = ""
+    if entries := large_object_entries(toc):
+        script = await _selected_script(dump, entries, "large-objects")
+        if oids := sorted({int(o) for o in re.findall(rb"lo_create\('(\d+)'\)", script)}):
+            sql += ("SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata "
+                    f"WHERE oid = ANY('{{{','.join(map(str, oids))}}}'::oid[]);\n")
+    if entries := outside_schema_entries(toc):
+        script = await _selected_script(dump, entries, "outside-schemas", clean=True)
+        sql += "".join(line + "\n" for line in script.decode().splitlines()
+                       if line.startswith("DROP ") and " IF EXISTS " in line)
+    return sql
 
 
 async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
@@ -136,12 +169,9 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
                          "restore into a new database instead")
     if "public" in schemas:
         prelude += "\n" + (PUBLIC_15 if version >= 150000 else PUBLIC_OLD)
-    if large_objects := await _large_object_oids(dump, toc):
-        # Large objects live outside every schema: the archive's own come back with the same
-        # OIDs, so their present versions go first (as pg_restore --clean would do).
-        oids = ",".join(str(oid) for oid in large_objects)
-        prelude += ("\nSELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata"
-                    f" WHERE oid = ANY('{{{oids}}}'::oid[]);\n")
+    # After the schemas: a server that an archive's foreign table uses can go only then (one
+    # that an outside foreign table uses makes the restore fail, and roll back).
+    prelude += "\n" + await _cleanup_outside_schemas(dump, toc)
     timeout_s = int(ctx.services.settings.lock_wait_timeout_s)
     head = f"SET lock_timeout = '{timeout_s}s';\nBEGIN;\n{prelude}\n"
     await _run_in_one_transaction(dsn, dump, head)
