@@ -116,10 +116,10 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
     status = plain.with_suffix(".gpg-status")
     name = entry["key"]
     digest = hashlib.sha256()
+    out = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # first: may fail alone
     feed_r, feed_w = os.pipe()
     feed = PipeWriter(feed_w, "fetch")
     pass_r: int | None = None
-    out = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     pipeline_error: PipelineError | None = None
     size = 0
     fed_all = False
