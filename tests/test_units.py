@@ -211,3 +211,9 @@ def test_large_object_entries_of_pg_dump_15_and_17() -> None:
 """
     assert [line.split(";")[0] for line in large_object_entries(toc)] == ["3341", "3342",
                                                                          "4102"]
+    from app.restore.in_place import outside_schema_entries
+
+    more = toc + ("3350; 6104 117618 PUBLICATION - pub postgres\n"
+                  "3351; 6106 117619 PUBLICATION TABLE public pub t postgres\n"
+                  "3359; 0 0 USER MAPPING - USER MAPPING postgres SERVER srv postgres\n")
+    assert [line.split(";")[0] for line in outside_schema_entries(more)] == ["3350", "3359"]

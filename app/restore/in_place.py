@@ -81,22 +81,28 @@ PUBLIC_15 = ("CREATE SCHEMA public AUTHORIZATION pg_database_owner;\n"
 PUBLIC_OLD = "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n"
 
 
-def dump_schemas(toc: str) -> list[str]:
-    """Schemas a dump creates, from ``pg_restore --list`` (``<id>; <oid> <oid> SCHEMA - name``)."""
+def toc_entries(toc: str, *kinds: str) -> list[tuple[str, str]]:
+    """``(line, description)`` of each ``pg_restore --list`` entry of one of ``kinds`` with no
+    schema: the description is what follows the two OIDs (``<id>; <oid> <oid> KIND - name ...``).
+    """
     found = []
     for line in toc.splitlines():
-        parts = line.split()
-        if not line.startswith(";") and len(parts) >= 6 and parts[3:5] == ["SCHEMA", "-"]:
-            found.append(parts[5])
+        parts = line.split(None, 3)
+        if not line.startswith(";") and len(parts) == 4 and parts[3].startswith(
+                tuple(f"{kind} - " for kind in kinds)):
+            found.append((line, parts[3]))
     return found
 
 
+def dump_schemas(toc: str) -> list[str]:
+    """Schemas a dump creates (``SCHEMA - name owner``)."""
+    return [desc.split()[2] for _, desc in toc_entries(toc, "SCHEMA")]
+
+
 def large_object_entries(toc: str) -> list[str]:
-    """The table-of-contents lines of a dump's large objects: one ``BLOB - <oid>`` each up to
-    pg_dump 16, ``BLOB METADATA - <first>..<last>`` groups from 17 on (a range, not a list)."""
-    return [line for line in toc.splitlines()
-            if not line.startswith(";") and len(parts := line.split()) >= 6
-            and parts[3] == "BLOB" and (parts[4] == "-" or parts[4:6] == ["METADATA", "-"])]
+    """The entries of a dump's large objects: one ``BLOB - <oid>`` each up to pg_dump 16,
+    ``BLOB METADATA - <first>..<last>`` groups from 17 on (a range, not a list)."""
+    return [line for line, _ in toc_entries(toc, "BLOB", "BLOB METADATA")]
 
 
 # Objects of a dump that live in no schema, so DROP SCHEMA leaves them, and that pg_dump writes
@@ -107,14 +113,8 @@ OUTSIDE_SCHEMA_TYPES = ("PUBLICATION", "EVENT TRIGGER", "SERVER", "FOREIGN DATA 
 
 
 def outside_schema_entries(toc: str) -> list[str]:
-    """The table-of-contents lines of objects in :data:`OUTSIDE_SCHEMA_TYPES`."""
-    found = []
-    for line in toc.splitlines():
-        parts = line.split(None, 3)
-        if not line.startswith(";") and len(parts) == 4 and parts[3].startswith(
-                tuple(f"{kind} - " for kind in OUTSIDE_SCHEMA_TYPES)):
-            found.append(line)
-    return found
+    """The entries of objects in :data:`OUTSIDE_SCHEMA_TYPES`."""
+    return [line for line, _ in toc_entries(toc, *OUTSIDE_SCHEMA_TYPES)]
 
 
 async def _selected_script(dump: Path, entries: list[str], name: str, *,
