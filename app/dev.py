@@ -1,7 +1,7 @@
 """``make run``: pgvault on this machine with embedded defaults, nothing to configure.
 
 - metadata in database ``pgvault`` and a demo target ``demo`` (database ``pgvault_demo``, loaded
-  with the pagila sample when ../shared/testdata/pagila is there) on the local PostgreSQL;
+  with the pagila sample shipped in testdata/pagila) on the local PostgreSQL;
 - archives in ``.dev/archives`` (file://);
 - a GnuPG key pair in ``.dev/gnupg`` and an admin token in ``.dev/token``, made on first run;
 - Swagger UI at http://127.0.0.1:8000/docs.
@@ -23,7 +23,7 @@ from app.config import DATABASE_NAME_RE
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / ".dev"
 PG = os.environ.get("PGVAULT_DEV_PG", "postgresql://postgres@127.0.0.1:5432")
-PAGILA = ROOT.parent / "shared" / "testdata" / "pagila"
+PAGILA = ROOT / "testdata" / "pagila"  # shipped with the repository (MIT)
 HOST, PORT = os.environ.get("PGVAULT_DEV_HOST", "127.0.0.1"), int(
     os.environ.get("PGVAULT_DEV_PORT", "8000"))
 

@@ -27,7 +27,7 @@ from app.config import Settings
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGILA = Path(os.environ.get("PGVAULT_PAGILA_DIR", ROOT.parent / "shared" / "testdata" / "pagila"))
+PAGILA = ROOT / "testdata" / "pagila"  # shipped with the repository (MIT, LICENSE.txt beside it)
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 TAG = secrets.token_hex(3)
 PREFIX = f"pgv_{TAG}"
