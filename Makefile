@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit openapi bench clean
+.PHONY: run test lint layers typecheck unit openapi bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m app.dev
 
-test: $(STAMP) lint typecheck unit
+test: $(STAMP) lint layers typecheck unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench alembic
+
+layers: $(STAMP)
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
