@@ -232,3 +232,53 @@ async def test_start_up_needs_some_version_of_each_program(make_settings: Any,
     with pytest.raises(ConfigError, match=r"^no version of pg_dumpall, pg_restore found in "
                                           r"PGVAULT_PG_BIN_DIRS: install postgresql-client-"):
         await check_tools(make_settings(pg_bin_dirs=[half]))
+
+
+NEWER_PG_RESTORE = """#!/bin/bash
+# A test double for pg_restore 16: the real 15 underneath, writing its scripts with the line
+# pg_restore 17 writes (SET transaction_timeout), which a 15 server rejects.
+set -o pipefail
+if [ "$1" = "--version" ]; then echo "pg_restore (PostgreSQL) 16.4"; exit 0; fi
+for arg in "$@"; do
+  if [ "$arg" = "--file=-" ]; then
+    {real} "$@" \\
+      | sed 's/^SET idle_in_transaction_session_timeout = 0;$/&\\nSET transaction_timeout = 0;/'
+    exit $?
+  fi
+done
+exec {real} "$@"
+"""
+
+
+async def test_an_in_place_restore_with_a_newer_pg_restore_fits_its_script(
+        make_settings: Any, tmp_path: Path) -> None:
+    """Only a newer pg_restore installed for a 15 server: the in-place restore uses it, leaves
+    out the SET the server does not know, and succeeds; psql is still the server's own 15."""
+    real = Path("/usr/lib/postgresql/15/bin")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for program in ("pg_dump", "pg_dumpall", "psql"):
+        (folder / program).symlink_to(real / program)
+    (folder / "pg_restore").write_text(NEWER_PG_RESTORE.format(real=real / "pg_restore"))
+    (folder / "pg_restore").chmod(0o755)
+    db = await create_db(f"{PREFIX}_newer")
+    conn = await admin_conn(db)
+    try:
+        await conn.execute("CREATE TABLE t (id int PRIMARY KEY, note text); "
+                           "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300) g")
+    finally:
+        await conn.close()
+    async with running_app(_stub_settings(make_settings, folder, "newer", db)) as c:
+        job = await backup(c, "newer")
+        before = await fingerprint(db)
+        conn = await admin_conn(db)
+        try:
+            await conn.execute("UPDATE t SET note = 'changed'")
+        finally:
+            await conn.close()
+        done = await restore(c, "newer", {"backup_id": job["result"]["backup_id"],
+                                          "mode": "in_place", "confirm": "newer"})
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["tools"]["pg_restore"] == "16.4"
+    assert done["result"]["tools"]["psql"].startswith("15.")
+    assert await fingerprint(db) == before
