@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint layers typecheck unit openapi bench clean
+.PHONY: run test lint layers typecheck unit openapi bench clean lock
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,13 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
+
+# The container image's pinned dependencies (with hashes), from pyproject.toml. Needs uv.
+UV ?= uv
+lock:
+	$(UV) pip compile pyproject.toml --python-version 3.11 --python-platform linux \
+		--generate-hashes --annotation-style line --custom-compile-command "make lock" \
+		-o requirements.lock
 
 openapi: $(STAMP)
 	$(BIN)/python -m app.openapi > openapi/openapi.json

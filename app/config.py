@@ -240,6 +240,11 @@ class Settings(BaseSettings):
     lock_wait_timeout_s: int = Field(60, ge=1)
     gpg_passphrase: SecretStr | None = Field(None, description="passphrase of the private key")
     work_dir: Path | None = Field(None, description="scratch space for restores (default: tmp)")
+    pg_bin_dirs: list[Path] = Field(
+        default_factory=list,
+        description="JSON list of directories holding pg_dump, pg_restore, psql, ... (one "
+                    "PostgreSQL version each); when set, the only places searched (default: "
+                    "/usr/lib/postgresql/<major>/bin, then PATH)")
 
     # -- jobs
     worker_concurrency: int = Field(2, ge=0, le=32, description="jobs run at once per replica")

@@ -1,7 +1,9 @@
 """What the app holds while it runs: created on start, closed on stop.
 
 Start-up checks, each a readable failure: the metadata database answers, the storage is usable,
-``pg_dump``/``pg_restore``/``gpg``/``zstd`` are installed, and every recipient key can encrypt.
+``gpg``/``zstd`` and some version of each PostgreSQL client program are installed (which versions:
+:mod:`app.integrations.pg_clients`; a missing major fails only the jobs that need it), and every
+recipient key can encrypt.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fastapi import FastAPI
 
 from app import db
 from app.config import ConfigError, Settings
-from app.integrations import gpg, pg_tools
+from app.integrations import gpg, pg_clients
 from app.integrations.storage import Storage, open_storage
 from app.integrations.webhooks import Notifier
 from app.jobs.runner import JobRunner
@@ -27,7 +29,7 @@ from app.schedules.service import Scheduler
 
 log = structlog.get_logger("pgvault")
 
-REQUIRED_TOOLS = ["pg_dump", "pg_dumpall", "pg_restore", "psql", "gpg", "zstd"]
+REQUIRED_TOOLS = ["gpg", "zstd"]
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Services:
     pool: Any
     storage: Storage
     monitoring: MonitoringPools
-    tools: dict[str, Any]
+    clients: pg_clients.PgClients
     notifier: Notifier
     runner: JobRunner = field(init=False)
     scheduler: Scheduler = field(init=False)
@@ -44,20 +46,24 @@ class Services:
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-async def check_tools() -> dict[str, Any]:
+async def check_tools(settings: Settings) -> pg_clients.PgClients:
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if missing:
         raise ConfigError(f"required programs not found on PATH: {', '.join(missing)}")
-    return {
-        "pg_dump_major": await pg_tools.tool_major_version("pg_dump"),
-        "pg_dump_version": await pg_tools.tool_version_text("pg_dump"),
-    }
+    clients = await asyncio.to_thread(pg_clients.discover, settings.pg_bin_dirs)
+    if absent := clients.missing_programs():
+        where = ("PGVAULT_PG_BIN_DIRS" if settings.pg_bin_dirs
+                 else f"{pg_clients.DEBIAN_ROOT}/<major>/bin or PATH")
+        raise ConfigError(f"no version of {', '.join(absent)} found in {where}: install "
+                          "postgresql-client-<major> for your servers' majors")
+    log.info("pg_clients", **clients.summary())
+    return clients
 
 
 async def start_services(settings: Settings) -> Services:
     from app.handlers import CLEANUPS, HANDLERS
 
-    tools = await check_tools()
+    clients = await check_tools(settings)
     try:
         await gpg.check_recipients(settings.gpg_home, settings.gpg_recipients)
     except gpg.KeyringError as exc:
@@ -76,7 +82,7 @@ async def start_services(settings: Settings) -> Services:
     notifier = Notifier(settings.webhooks, attempts=settings.webhook_max_attempts,
                         backoff_s=settings.webhook_backoff_s)
     services = Services(settings=settings, pool=pool, storage=storage,
-                        monitoring=MonitoringPools(settings), tools=tools, notifier=notifier)
+                        monitoring=MonitoringPools(settings), clients=clients, notifier=notifier)
     services.runner = JobRunner(services, HANDLERS, CLEANUPS)
     services.scheduler = Scheduler(services)
     return services

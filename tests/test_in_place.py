@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from app.errors import StepFailed
-from app.integrations import pg_tools
+from app.integrations import pg_clients, pg_tools
 from app.integrations.process import run
 from app.restore import in_place
 from tests.conftest import (
@@ -200,7 +200,8 @@ async def test_the_restore_script_has_one_transaction_whose_commit_is_held_back(
     dump = tmp_path / "lo.dump"
     subprocess.run(["pg_dump", "-h", PG_HOST, "-U", "postgres", "-Fc", "-Z0", "-f", str(dump),
                     "--", db], check=True)
-    script = (await run(pg_tools.pg_restore_script_stage(dump))).decode()
+    pg_restore = pg_clients.discover().choose("pg_restore", 15)
+    script = (await run(pg_tools.pg_restore_script_stage(pg_restore, dump))).decode()
     statements = [line for line in script.splitlines() if line in ("BEGIN;", "COMMIT;")]
     assert statements == ["BEGIN;", "COMMIT;"]
     sql = [line for line in script.splitlines()

@@ -9,18 +9,11 @@ import pytest
 from app.backup.manifest import backup_time, new_backup_id
 from app.config import BACKUP_ID_RE, PgDsn
 from app.integrations.gpg import decryption_succeeded
-from app.integrations.pg_tools import ToolVersionError, check_dump_version, conninfo_dbname
+from app.integrations.pg_tools import conninfo_dbname
 from app.restore.globals import plan
 from app.restore.in_place import dump_schemas
 from app.restore.service import default_database_name
 from app.security import redact
-
-
-def test_pg_dump_older_than_the_server_is_refused() -> None:
-    check_dump_version(15, 150020)
-    check_dump_version(16, 150020)
-    with pytest.raises(ToolVersionError, match="pg_dump 15 cannot dump a PostgreSQL 16 server"):
-        check_dump_version(15, 160002)
 
 
 def test_backup_ids_match_the_contract_and_sort_by_time() -> None:

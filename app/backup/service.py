@@ -1,6 +1,7 @@
 """The backup command (SPEC 2.1), as a list of named steps.
 
-1. connect: open a transaction on the target and export its snapshot; check pg_dump's version.
+1. connect: open a transaction on the target and export its snapshot; choose the pg_dump and
+   pg_dumpall that fit the server's major (a clear failure when none is installed).
 2. globals: ``pg_dumpall --globals-only --no-role-passwords | zstd | gpg`` -> upload.
 3. dump: ``pg_dump -Fc -Z0 --snapshot | zstd -T0 | gpg --compress-algo none`` -> multipart
    upload, hashed on the way; meanwhile the manifest's facts and exact row counts are read in the
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from app.backup import facts, manifest
 from app.config import Settings, TargetConfig
 from app.errors import StepFailed
-from app.integrations import gpg, pg_tools
+from app.integrations import gpg, pg_clients, pg_tools
 from app.integrations.process import Pipeline, PipelineError, Stage
 from app.integrations.storage import Storage, StorageError, Upload
 from app.integrations.streaming import Stored, pipeline_to_storage
@@ -74,23 +75,25 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
             snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
             server = await facts.server_facts(conn)
             try:
-                pg_tools.check_dump_version(services.tools["pg_dump_major"],
-                                            server["server_version_num"])
-            except pg_tools.ToolVersionError as exc:
-                raise StepFailed("version check", str(exc)) from None
+                server_major = server["server_version_num"] // 10000
+                pg_dump = services.clients.choose("pg_dump", server_major)
+                pg_dumpall = services.clients.choose("pg_dumpall", server_major)
+            except pg_clients.NoFittingClient as exc:
+                raise StepFailed("client programs", str(exc)) from None
+            tools = {"pg_dump": pg_dump.version, "pg_dumpall": pg_dumpall.version}
             await ctx.note_cleanup("archive_prefix", prefix)
 
             # 2. Globals (roles, memberships, tablespaces), without role passwords.
             await ctx.set_phase("globals")
             written.append(await _upload(
                 ctx, storage, "globals", prefix + manifest.GLOBALS_OBJECT,
-                encrypted_pipeline(pg_tools.pg_dumpall_globals_stage(dsn), settings)))
+                encrypted_pipeline(pg_tools.pg_dumpall_globals_stage(pg_dumpall, dsn), settings)))
 
             # 3. The database, and its facts in the same snapshot meanwhile.
             catalog = await facts.catalog_facts(conn, target.exclude_schemas)
             await ctx.set_phase("dump", bytes_total=server["database_size_bytes"])
             dump_stage = pg_tools.pg_dump_stage(
-                dsn, snapshot=snapshot, lock_wait_timeout_s=settings.lock_wait_timeout_s,
+                pg_dump, dsn, snapshot=snapshot, lock_wait_timeout_s=settings.lock_wait_timeout_s,
                 exclude_schemas=target.exclude_schemas)
             pipeline = encrypted_pipeline(dump_stage, settings)
             counting = asyncio.create_task(
@@ -116,7 +119,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
     await ctx.set_phase("manifest")
     finished_at = datetime.now(UTC)
     doc = _manifest(ctx, settings, backup_id, created_at, finished_at, server, catalog, tables,
-                    written, services.tools["pg_dump_version"], snapshot)
+                    written, tools, snapshot)
     key = manifest.manifest_key(ctx.target, backup_id)
     try:
         await ctx.assert_lease()
@@ -143,6 +146,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
         "objects": [{"key": s.key.removeprefix(prefix), "size_bytes": s.size_bytes,
                      "sha256": s.sha256} for s in written],
         "label": ctx.params.get("label"),
+        "tools": tools,
     }
     summary = (f"backup {backup_id} of {ctx.target}: {_mb(size)} stored from a "
                f"{_mb(server['database_size_bytes'])} database in {duration:.1f} s")
@@ -212,7 +216,7 @@ async def _close(conn: Any) -> None:
 
 def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: datetime,
               finished_at: datetime, server: dict[str, Any], catalog: dict[str, Any],
-              tables: list[dict[str, Any]], written: list[Stored], pg_dump_version: str,
+              tables: list[dict[str, Any]], written: list[Stored], tools: dict[str, str],
               snapshot: str) -> dict[str, Any]:
     prefix = manifest.archive_prefix(ctx.target, backup_id)
     kinds = {manifest.GLOBALS_OBJECT: "globals", manifest.DATABASE_OBJECT: "database"}
@@ -232,7 +236,8 @@ def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: d
         "finished_at": finished_at.isoformat(),
         "server_version": server["server_version"],
         "server_version_num": server["server_version_num"],
-        "pg_dump_version": pg_dump_version,
+        "pg_dump_version": tools["pg_dump"],
+        "tools": tools,
         "database": server["database"],
         "database_size_bytes": server["database_size_bytes"],
         "database_encoding": server["encoding"],

@@ -1,4 +1,7 @@
-"""Argument vectors for pg_dump, pg_dumpall, pg_restore and zstd, and the version checks.
+"""Argument vectors for pg_dump, pg_dumpall, pg_restore, psql and zstd.
+
+Each PostgreSQL stage runs the :class:`~app.integrations.pg_clients.Client` chosen for the server at
+hand (its absolute path), never whatever ``PATH`` finds first.
 
 Connection parameters, the password included, reach the tools through libpq's environment
 variables (``PGHOST``, ``PGPASSWORD``, ...) built from the parsed DSN, so nothing secret is ever in
@@ -16,49 +19,22 @@ import re
 from pathlib import Path
 
 from app.config import PgDsn
-from app.integrations.process import Stage, run
-
-_VERSION_RE = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
-
-
-class ToolVersionError(Exception):
-    pass
+from app.integrations.pg_clients import Client
+from app.integrations.process import Stage
 
 
-async def tool_major_version(binary: str) -> int:
-    out = (await run(Stage(binary, [binary, "--version"]), timeout=30)).decode()
-    match = _VERSION_RE.search(out)
-    if not match:
-        raise ToolVersionError(f"cannot read the version of {binary}: {out.strip()[:100]}")
-    return int(match.group(1))
-
-
-async def tool_version_text(binary: str) -> str:
-    return (await run(Stage(binary, [binary, "--version"]), timeout=30)).decode().strip()
-
-
-def check_dump_version(tool_major: int, server_version_num: int) -> None:
-    server_major = server_version_num // 10000
-    if tool_major < server_major:
-        raise ToolVersionError(
-            f"pg_dump {tool_major} cannot dump a PostgreSQL {server_major} server: install the "
-            f"PostgreSQL {server_major} client tools (pg_dump must be at least the server's "
-            "version)"
-        )
-
-
-def pg_dump_stage(dsn: PgDsn, *, snapshot: str, lock_wait_timeout_s: int,
+def pg_dump_stage(client: Client, dsn: PgDsn, *, snapshot: str, lock_wait_timeout_s: int,
                   exclude_schemas: list[str]) -> Stage:
-    argv = ["pg_dump", "--format=custom", "--compress=0", "--no-password",
+    argv = [client.path, "--format=custom", "--compress=0", "--no-password",
             f"--snapshot={snapshot}", f"--lock-wait-timeout={lock_wait_timeout_s}s"]
     argv += [f"--exclude-schema={name}" for name in exclude_schemas]
     return Stage("pg_dump", argv, env=dsn.libpq_env())
 
 
-def pg_dumpall_globals_stage(dsn: PgDsn) -> Stage:
+def pg_dumpall_globals_stage(client: Client, dsn: PgDsn) -> Stage:
     # --database (long form with '=') names the database to connect to; the name was validated
     # at configuration (no leading '-', no '=').
-    argv = ["pg_dumpall", "--globals-only", "--no-role-passwords", "--no-password",
+    argv = [client.path, "--globals-only", "--no-role-passwords", "--no-password",
             f"--database={dsn.database}"]
     return Stage("pg_dumpall", argv, env=dsn.libpq_env())
 
@@ -71,13 +47,14 @@ def zstd_decompress_stage() -> Stage:
     return Stage("zstd -d", ["zstd", "-d", "-q", "-c", "-"])
 
 
-def pg_restore_list_stage(dump: Path) -> Stage:
-    return Stage("pg_restore --list", ["pg_restore", "--list", "--", str(dump)])
+def pg_restore_list_stage(client: Client, dump: Path) -> Stage:
+    return Stage("pg_restore --list", [client.path, "--list", "--", str(dump)])
 
 
-def pg_restore_stage(dsn: PgDsn, database: str, dump: Path, *, jobs: int) -> Stage:
+def pg_restore_stage(client: Client, dsn: PgDsn, database: str, dump: Path, *,
+                     jobs: int) -> Stage:
     """Restore into an existing (new, empty) database, ``jobs`` at a time."""
-    argv = ["pg_restore", "--no-password", "--exit-on-error"]
+    argv = [client.path, "--no-password", "--exit-on-error"]
     if jobs > 1:
         argv.append(f"--jobs={jobs}")
     # The target database as a connection string built here: a name can never become an option
@@ -91,28 +68,80 @@ def conninfo_dbname(database: str) -> str:
     return f"dbname='{escaped}'"
 
 
-def pg_restore_script_stage(dump: Path) -> Stage:
+def pg_restore_script_stage(client: Client, dump: Path) -> Stage:
     """The dump as one SQL script on stdout (no connection), framed by one ``BEGIN;`` and one
     final ``COMMIT;``: without ``--single-transaction`` pg_restore wraps large objects in a
     ``BEGIN; ... COMMIT;`` of their own, which would commit an enclosing transaction midway."""
     return Stage("pg_restore -f -",
-                 ["pg_restore", "--single-transaction", "--file=-", "--", str(dump)])
+                 [client.path, "--single-transaction", "--file=-", "--", str(dump)])
 
 
-def pg_restore_selection_stage(dump: Path, selection: Path, *, clean: bool = False) -> Stage:
+def pg_restore_selection_stage(client: Client, dump: Path, selection: Path, *,
+                               clean: bool = False) -> Stage:
     """The SQL of just the table-of-contents entries listed in ``selection`` (no connection);
     with ``clean``, led by their ``DROP ... IF EXISTS`` statements."""
-    argv = ["pg_restore", f"--use-list={selection}", "--file=-"]
+    argv = [client.path, f"--use-list={selection}", "--file=-"]
     if clean:
         argv += ["--clean", "--if-exists"]
     return Stage("pg_restore --use-list", [*argv, "--", str(dump)])
 
 
-def psql_stage(dsn: PgDsn, database: str, sql_file: Path | None, *,
+def psql_stage(client: Client, dsn: PgDsn, database: str, sql_file: Path | None, *,
                single_transaction: bool = False) -> Stage:
     """psql running ``sql_file`` (or stdin), stopping at the first error (exit code 3)."""
-    argv = ["psql", "--no-password", "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
+    argv = [client.path, "--no-password", "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
             f"--file={sql_file if sql_file is not None else '-'}"]
     if single_transaction:
         argv.append("--single-transaction")
     return Stage("psql", argv, env=dsn.libpq_env(database))
+
+
+# The lines a pg_restore script opens with (pg_backup_archiver.c's fixed output state, comments,
+# psql's \restrict) up to the first object's statement; the SETs there name server settings.
+_HEAD_LINE = re.compile(
+    rb"^(?:|--.*|\\restrict .*|BEGIN;|SELECT pg_catalog\.set_config\(.*|SET .*)$")
+_HEAD_LINE_MAX = 64 * 1024  # no head line is this long: a longer one is an object's statement
+_SET_LINE = re.compile(rb"^SET ([a-z_]+) = .*;$")
+
+
+class ScriptHeadFitter:
+    """Makes a newer pg_restore's script fit an older server: drops the ``SET name = ...;`` lines
+    of its head whose setting the destination does not have (pg_restore 17 writes
+    ``SET transaction_timeout = 0;``, which a 15 or 16 server rejects, and psql then stops).
+
+    Only the head is touched: it ends at the first line that is not a comment, ``BEGIN;`` or a
+    setting, so no object's statement or row data is ever looked at. Feed the script in chunks
+    with :meth:`feed`; :meth:`finish` returns what is still held back."""
+
+    def __init__(self, known_settings: set[str]) -> None:
+        self.known = known_settings
+        self.dropped: list[str] = []
+        self._pending = b""
+        self._done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._done:
+            return chunk
+        self._pending += chunk
+        out = bytearray()
+        while (end := self._pending.find(b"\n")) >= 0:
+            line = self._pending[:end]
+            if not _HEAD_LINE.match(line):
+                self._done = True
+                break
+            self._pending = self._pending[end + 1:]
+            setting = _SET_LINE.match(line)
+            if setting and setting.group(1).decode() not in self.known:
+                self.dropped.append(setting.group(1).decode())
+                continue
+            out += line + b"\n"
+        if len(self._pending) > _HEAD_LINE_MAX:
+            self._done = True
+        if self._done:
+            out += self._pending
+            self._pending = b""
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        rest, self._pending, self._done = self._pending, b"", True
+        return rest

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from app.config import PgDsn
 from app.errors import StepFailed
 from app.integrations import pg_tools
+from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import Pipeline, PipelineError, PipeWriter, run
 from app.integrations.target_db import connect_target
 
@@ -117,40 +118,41 @@ def outside_schema_entries(toc: str) -> list[str]:
     return [line for line, _ in toc_entries(toc, *OUTSIDE_SCHEMA_TYPES)]
 
 
-async def _selected_script(dump: Path, entries: list[str], name: str, *,
+async def _selected_script(tools: RestoreTools, dump: Path, entries: list[str], name: str, *,
                            clean: bool = False) -> bytes:
     """The SQL pg_restore writes for just ``entries`` of the dump (with ``clean``, its
     ``DROP ... IF EXISTS`` statements first)."""
     selection = dump.with_name(f"{name}.list")
     await asyncio.to_thread(selection.write_text, "\n".join(entries) + "\n")
     try:
-        return await run(pg_tools.pg_restore_selection_stage(dump, selection, clean=clean))
+        return await run(pg_tools.pg_restore_selection_stage(tools.pg_restore, dump, selection,
+                                                             clean=clean))
     except PipelineError as exc:
         raise StepFailed("pg_restore --use-list", str(exc)) from None
 
 
-async def _cleanup_outside_schemas(dump: Path, toc: str) -> str:
+async def _cleanup_outside_schemas(tools: RestoreTools, dump: Path, toc: str) -> str:
     """What must go before the dump recreates them: the present versions of its large objects
     (exactly its OIDs, from the ``lo_create`` calls pg_restore writes for them) and of its
     schema-less objects (pg_restore --clean's own DROP statements for them)."""
     sql = ""
     if entries := large_object_entries(toc):
-        script = await _selected_script(dump, entries, "large-objects")
+        script = await _selected_script(tools, dump, entries, "large-objects")
         if oids := sorted({int(o) for o in re.findall(rb"lo_create\('(\d+)'\)", script)}):
             sql += ("SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata "
                     f"WHERE oid = ANY('{{{','.join(map(str, oids))}}}'::oid[]);\n")
     if entries := outside_schema_entries(toc):
-        script = await _selected_script(dump, entries, "outside-schemas", clean=True)
+        script = await _selected_script(tools, dump, entries, "outside-schemas", clean=True)
         sql += "".join(line + "\n" for line in script.decode().splitlines()
                        if line.startswith("DROP ") and " IF EXISTS " in line)
     return sql
 
 
 async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
-                           doc: dict[str, Any]) -> None:
+                           doc: dict[str, Any], tools: RestoreTools) -> None:
     await ctx.set_phase("restore")
     try:
-        toc = (await run(pg_tools.pg_restore_list_stage(dump))).decode()
+        toc = (await run(pg_tools.pg_restore_list_stage(tools.pg_restore, dump))).decode()
     except PipelineError as exc:
         raise StepFailed("pg_restore --list", str(exc)) from None
     schemas = sorted(set(dump_schemas(toc))
@@ -161,6 +163,9 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
         dependents = [r["name"] for r in await conn.fetch(DEPENDENTS_SQL, schemas)]
         prelude: str = await conn.fetchval(PRELUDE_SQL, schemas)
         version = int(await conn.fetchval("SHOW server_version_num"))
+        # A newer pg_restore's script is cut to the settings this server has (see ScriptHeadFitter).
+        known = ({r["name"] for r in await conn.fetch("SELECT name FROM pg_catalog.pg_settings")}
+                 if tools.script_needs_fitting else None)
     finally:
         await conn.close()
     if dependents:
@@ -171,17 +176,21 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
         prelude += "\n" + (PUBLIC_15 if version >= 150000 else PUBLIC_OLD)
     # After the schemas: a server that an archive's foreign table uses can go only then (one
     # that an outside foreign table uses makes the restore fail, and roll back).
-    prelude += "\n" + await _cleanup_outside_schemas(dump, toc)
+    prelude += "\n" + await _cleanup_outside_schemas(tools, dump, toc)
     timeout_s = int(ctx.services.settings.lock_wait_timeout_s)
     head = f"SET lock_timeout = '{timeout_s}s';\nBEGIN;\n{prelude}\n"
-    await _run_in_one_transaction(dsn, dump, head)
+    fitter = pg_tools.ScriptHeadFitter(known) if known is not None else None
+    await _run_in_one_transaction(dsn, dump, head, tools, fitter)
+    if fitter is not None and fitter.dropped:
+        ctx.log.info("script_fitted", dropped_settings=fitter.dropped)
 
 
-async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str) -> None:
-    restore = Pipeline([pg_tools.pg_restore_script_stage(dump)])
+async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: RestoreTools,
+                                  fitter: pg_tools.ScriptHeadFitter | None) -> None:
+    restore = Pipeline([pg_tools.pg_restore_script_stage(tools.use(tools.pg_restore), dump)])
     feed_r, feed_w = os.pipe()
-    psql = Pipeline([pg_tools.psql_stage(dsn, dsn.database, None)], stdin=feed_r,
-                    stdout=subprocess.DEVNULL)
+    psql = Pipeline([pg_tools.psql_stage(tools.use(tools.psql), dsn, dsn.database, None)],
+                    stdin=feed_r, stdout=subprocess.DEVNULL)
     feed = PipeWriter(feed_w, "in-place")
     try:
         try:
@@ -195,12 +204,14 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str) -> None:
             # exited 0 (its "BEGIN;" inside ours is only a warning).
             tail = b""
             while chunk := await restore.read(1 << 20):
-                data = tail + chunk
+                data = tail + (fitter.feed(chunk) if fitter is not None else chunk)
                 keep = max(0, len(data) - SCRIPT_TAIL)
                 if keep:
                     await feed.write(data[:keep])
                 tail = data[keep:]
             await restore.wait()
+            if fitter is not None:
+                tail += fitter.finish()
             await feed.write(_without_commit(tail) + b"COMMIT;\n")
         except BrokenPipeError:
             pass  # psql stopped on an error: its exit code says which

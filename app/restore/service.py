@@ -1,6 +1,7 @@
 """The restore and verify commands (SPEC 2.3, 2.4), as lists of named steps.
 
-restore:  fetch (download, check every hash, decrypt) -> globals (optional) -> create database
+restore:  client programs (the pg_restore and psql that fit the destination server, see ``tools``)
+          -> fetch (download, check every hash, decrypt) -> globals (optional) -> create database
           (new_database) -> pg_restore -> post-restore checklist.
 verify:   fetch -> ``pg_restore --list`` (checksum) or restore into a scratch database, compare and
           drop it (restore).
@@ -28,12 +29,14 @@ from app.archives.service import load_manifest
 from app.config import PgDsn
 from app.errors import NotFound, StepFailed
 from app.integrations import pg_tools
+from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target
 from app.maintenance import tasks as maintenance
 from app.restore import checks, databases, fetch
 from app.restore import globals as globals_
 from app.restore.in_place import replace_in_place
+from app.restore.tools import archive_reader, restore_tools
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -54,16 +57,17 @@ async def _manifest(ctx: JobContext) -> dict[str, Any]:
 
 
 async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path, *,
-                      jobs: int) -> None:
+                      jobs: int, tools: RestoreTools) -> None:
     await ctx.set_phase("restore")
-    stage = pg_tools.pg_restore_stage(dsn, database, dump, jobs=jobs)
+    stage = pg_tools.pg_restore_stage(tools.use(tools.pg_restore), dsn, database, dump, jobs=jobs)
     try:
         await run(stage)
     except PipelineError as exc:
         raise StepFailed("pg_restore", str(exc)) from None
 
 
-async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path) -> dict[str, Any]:
+async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path,
+                         tools: RestoreTools) -> dict[str, Any]:
     await ctx.set_phase("globals")
     conn = await connect_target(dsn)
     try:
@@ -75,7 +79,8 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path) -> dict[st
     filtered = sql_file.with_name("globals.filtered.sql")
     await asyncio.to_thread(filtered.write_text, plan.sql)
     try:
-        await run(pg_tools.psql_stage(dsn, dsn.database, filtered, single_transaction=True))
+        await run(pg_tools.psql_stage(tools.use(tools.psql), dsn, dsn.database, filtered,
+                                      single_transaction=True))
     except PipelineError as exc:
         raise StepFailed("globals", str(exc)) from None
     return {"created": plan.created, "skipped_existing": plan.skipped,
@@ -129,6 +134,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     database = dsn.database if in_place else params["database"]
     severity = int(params.get("severity") or 2)
     doc = await _manifest(ctx)
+    tools = await restore_tools(ctx.services.clients, dsn, doc)
     created = False
     roles: dict[str, Any] = {"created": [], "skipped_existing": [], "login_roles": []}
 
@@ -136,7 +142,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
         async with fetch.scratch_dir(ctx) as workdir:
             plain = await fetch.fetch(ctx, doc, workdir)
             if params.get("include_globals") and "globals" in plain:
-                roles = await _apply_globals(ctx, dsn, plain["globals"])
+                roles = await _apply_globals(ctx, dsn, plain["globals"], tools)
             if not in_place:
                 await ctx.set_phase("create database")
                 conn = await connect_target(dsn)
@@ -147,10 +153,10 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 finally:
                     await conn.close()
             if in_place:
-                await replace_in_place(ctx, dsn, plain["database"], doc)
+                await replace_in_place(ctx, dsn, plain["database"], doc, tools)
             else:
                 await _pg_restore(ctx, dsn, database, plain["database"],
-                                  jobs=int(params["jobs"]))
+                                  jobs=int(params["jobs"]), tools=tools)
     except BaseException:
         if created:
             await asyncio.shield(_drop_quietly(dsn, database))
@@ -167,6 +173,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
         "backup_id": doc["backup_id"], "mode": params["mode"], "database": database,
         "duration_s": round(duration, 3), "severity": severity, "rto_hours": rto_hours,
         "rto_met": duration <= rto_hours * 3600, "rows_match": rows_ok, "checklist": checklist,
+        "tools": tools.used,
     }
     summary = (f"restored {doc['backup_id']} into {database} in {duration:.1f} s "
                f"(RTO {'met' if result['rto_met'] else 'MISSED'}); rows "
@@ -183,17 +190,20 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     doc = await _manifest(ctx)
     dsn = ctx.services.settings.targets[ctx.target].parsed_dsn
     result: dict[str, Any] = {"backup_id": doc["backup_id"], "level": level}
+    reader = archive_reader(ctx.services.clients, doc)
+    tools = await restore_tools(ctx.services.clients, dsn, doc) if level == "restore" else None
+    result["tools"] = {"pg_restore": reader.version}
     async with fetch.scratch_dir(ctx) as workdir:
         plain = await fetch.fetch(ctx, doc, workdir)
         result["objects_checked"] = len(doc.get("objects") or [])
         await ctx.set_phase("table of contents")
         try:
-            toc = await run(pg_tools.pg_restore_list_stage(plain["database"]))
+            toc = await run(pg_tools.pg_restore_list_stage(reader, plain["database"]))
         except PipelineError as exc:
             raise StepFailed("pg_restore --list", str(exc)) from None
         result["toc_entries"] = sum(1 for line in toc.decode().splitlines()
                                     if line and not line.startswith(";"))
-        if level == "restore":
+        if tools is not None:
             scratch = f"pgvault_verify_{secrets.token_hex(4)}"
             result["scratch_database"] = scratch
             conn = await connect_target(dsn)
@@ -203,7 +213,8 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
             finally:
                 await conn.close()
             try:
-                await _pg_restore(ctx, dsn, scratch, plain["database"], jobs=2)
+                await _pg_restore(ctx, dsn, scratch, plain["database"], jobs=2, tools=tools)
+                result["tools"] = tools.used
                 await ctx.set_phase("compare")
                 conn = await connect_target(dsn, scratch)
                 try:
