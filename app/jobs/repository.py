@@ -47,6 +47,7 @@ async def claim_next(conn: Any, *, owner: str, lease_s: float, targets: list[str
     once (SKIP LOCKED)."""
     return await conn.fetchrow(
         f"""UPDATE jobs SET status = 'running', phase = 'starting', started_at = now(),
+                summary = kind || ' of ' || target || ': starting',
                 updated_at = now(), lease_owner = $1,
                 lease_expires_at = now() + make_interval(secs => $2)
             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND NOT cancel_requested
@@ -67,12 +68,12 @@ async def renew_leases(conn: Any, *, owner: str, ids: list[UUID], lease_s: float
 
 
 async def update_progress(conn: Any, job_id: UUID, *, phase: str, bytes_done: int,
-                          bytes_total: int | None, bytes_uploaded: int) -> None:
+                          bytes_total: int | None, bytes_uploaded: int, summary: str) -> None:
     await conn.execute(
         """UPDATE jobs SET phase = $2, bytes_done = $3, bytes_total = $4, bytes_uploaded = $5,
-               updated_at = now()
+               summary = $6, updated_at = now()
            WHERE id = $1 AND status = 'running'""",
-        job_id, phase, bytes_done, bytes_total, bytes_uploaded)
+        job_id, phase, bytes_done, bytes_total, bytes_uploaded, summary)
 
 
 async def set_cleanup(conn: Any, job_id: UUID, cleanup: dict[str, Any]) -> None:
@@ -125,7 +126,8 @@ async def reap_expired(conn: Any) -> list[Any]:
                 error = jsonb_build_object('title', 'Worker lost',
                     'detail', 'the worker running this job stopped renewing its lease (crash, '
                               || 'kill or lost host); the job was abandoned at phase ' || phase),
-                summary = 'failed: worker lost at phase ' || phase,
+                summary = kind || ' of ' || target || ' failed at ' || phase
+                          || ': the worker running it was lost (crash, kill or lost host)',
                 lease_owner = NULL, lease_expires_at = NULL
             WHERE id IN (SELECT id FROM jobs WHERE status = 'running'
                          AND lease_expires_at < now() FOR UPDATE SKIP LOCKED)
