@@ -185,10 +185,48 @@ async def last_verifications(conn: Any, target: str, backup_ids: list[str],
 
 
 async def counts(conn: Any) -> list[Any]:
+    """Jobs by kind and status, all of them (finished ones count for ever: the metrics' totals)."""
     rows: list[Any] = await conn.fetch(
-        """SELECT kind, status, count(*) AS n,
-                  sum(extract(epoch FROM finished_at - started_at)) AS seconds
-           FROM jobs GROUP BY kind, status""")
+        "SELECT kind, status, count(*) AS n FROM jobs GROUP BY kind, status")
+    return rows
+
+
+async def duration_buckets(conn: Any, bounds: list[float]) -> list[Any]:
+    """Finished jobs that ran (started), by kind and status: for each upper bound, how many took
+    at most that long (cumulative, as a Prometheus histogram wants), with their count and sum."""
+    rows: list[Any] = await conn.fetch(
+        """WITH d AS (
+               SELECT kind, status, extract(epoch FROM finished_at - started_at)::float8 AS s
+               FROM jobs
+               WHERE status IN ('succeeded', 'failed', 'cancelled')
+                 AND started_at IS NOT NULL AND finished_at IS NOT NULL),
+           per_bound AS (
+               SELECT kind, status, b.le, count(*) FILTER (WHERE d.s <= b.le) AS c
+               FROM d CROSS JOIN unnest($1::float8[]) AS b(le)
+               GROUP BY kind, status, b.le),
+           tot AS (SELECT kind, status, count(*) AS n, sum(s) AS seconds
+                   FROM d GROUP BY kind, status)
+           SELECT t.kind, t.status, t.n, t.seconds,
+                  (SELECT array_agg(p.c ORDER BY p.le) FROM per_bound p
+                   WHERE p.kind = t.kind AND p.status = t.status) AS buckets
+           FROM tot t""", bounds)
+    return rows
+
+
+async def last_finished(conn: Any, kind: str, targets: list[str]) -> list[Any]:
+    """Each target's last job of ``kind`` that succeeded or failed (cancelled ones decide
+    nothing)."""
+    rows: list[Any] = await conn.fetch(
+        f"""SELECT DISTINCT ON (target) {JOB_COLUMNS} FROM jobs
+            WHERE kind = $1 AND status IN ('succeeded', 'failed') AND target = ANY($2::text[])
+            ORDER BY target, finished_at DESC""",
+        kind, targets)
+    return rows
+
+
+async def running_of(conn: Any, kind: str) -> list[Any]:
+    rows: list[Any] = await conn.fetch(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE kind = $1 AND status = 'running'", kind)
     return rows
 
 
