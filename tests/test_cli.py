@@ -88,6 +88,11 @@ async def test_cli_backup_verify_restore_and_listings(make_settings: Any, big_db
         listing = await run(url, "jobs", "--target", "cligone", "--json")
         assert listing.returncode == 0, listing.stderr
         assert [j["status"] for j in json.loads(listing.stdout)["items"]] == ["failed"]
+        failed_id = json.loads(listing.stdout)["items"][0]["id"]
+        shown = await run(url, "job", failed_id)  # looking is not waiting: exit 0
+        assert shown.returncode == 0 and "failed at connect" in shown.stdout, shown.stdout
+        waited = await run(url, "job", failed_id, "--wait")
+        assert waited.returncode == 1 and "does not exist" in waited.stdout
         started = await run(url, "backup", "clipagila")  # without --wait: the job, at once
         assert started.returncode == 0 and started.stdout.startswith("job "), started.stdout
 

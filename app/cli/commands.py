@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import click
 from rich.console import Console
@@ -216,8 +217,6 @@ def _job_outcome(client: Client, job: dict[str, Any], wait: bool, as_json: bool,
 
 def _segment(value: str) -> str:
     """A path segment as given, so a stray '/' or '..' cannot reach another endpoint."""
-    from urllib.parse import quote
-
     return quote(value, safe="")
 
 
