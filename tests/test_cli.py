@@ -114,3 +114,14 @@ async def test_cli_without_a_server_exits_2() -> None:
     assert done.returncode == 2
     one_line_no_traceback(done)
     assert "cannot reach pgvault" in done.stderr
+
+
+def test_cli_imports_nothing_of_the_server() -> None:
+    """A client: it must run where only the package's client side works (no settings, no
+    asyncpg connection, no server modules loaded)."""
+    code = ("import sys, app.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('app.') "
+            "and not m.startswith('app.cli')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
