@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from app.backup.manifest import DATABASE_OBJECT
-from tests.conftest import PREFIX, auth, dsn, running_app
+from tests.conftest import PREFIX, auth, dsn, running_app, wait_job
 from tests.faults import FaultyProxy, is_upload_part
 
 CLASS_NAME = re.compile(r"[A-Z][a-z]+(?:[A-Z][a-z]+)*Error")
@@ -41,6 +41,10 @@ async def test_running_backup_says_what_it_does_and_keeps_its_final_progress(
                     break
                 await asyncio.sleep(0.2)
             streamed = sse_events((await events).text)
+            # A verification keeps its download's counters too, past its last step.
+            resp = await c.post(f"/v1/targets/live/archives/{job['result']['backup_id']}/verify",
+                                headers=auth("operator"), json={"level": "checksum"})
+            verified = await wait_job(c, resp.json()["id"])
 
     assert job["status"] == "succeeded", job
     dumping = [j["summary"] for j in seen if j["status"] == "running" and j["phase"] == "dump"]
@@ -60,6 +64,10 @@ async def test_running_backup_says_what_it_does_and_keeps_its_final_progress(
     assert streamed[-1]["progress"]["bytes_done"] == job["progress"]["bytes_done"] > 0
     assert streamed[-1]["summary"].startswith(f"backup {job['result']['backup_id']} of live")
     assert any(e["summary"].startswith("backup of live: dumping,") for e in streamed)
+
+    assert verified["status"] == "succeeded", verified
+    stored = sum(o["size_bytes"] for o in job["result"]["objects"])
+    assert verified["progress"]["bytes_done"] == verified["progress"]["bytes_total"] == stored
 
 
 async def test_failed_backup_names_target_step_and_cause_in_words(make_settings: Any) -> None:
