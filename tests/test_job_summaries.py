@@ -108,3 +108,30 @@ def test_restore_verify_and_retention_lines_carry_their_numbers() -> None:
     retention = summaries.running("retention", "demo", {}, phase="delete", bytes_done=3,
                                   bytes_total=10, bytes_uploaded=0)
     assert retention == "retention of demo: deleting archives, 3 of 10 done"
+
+
+async def test_connection_failures_are_told_in_words() -> None:
+    """Real failed connections (no mock): each cause in words, no exception class name."""
+    import asyncpg
+
+    from app.integrations import pg_errors
+    from tests.test_reliability import free_port
+
+    cases = {
+        "database": ({"database": f"{PREFIX}_Nope db"},
+                     f'database "{PREFIX}_Nope db" does not exist'),
+        "user": ({"user": f"{PREFIX}_nobody"}, f'the server refused user "{PREFIX}_nobody"'),
+        "port": ({"port": free_port()}, "nothing accepts connections at 127.0.0.1:"),
+    }
+    for name, (change, words) in cases.items():
+        args: dict[str, Any] = {"host": "127.0.0.1", "port": 5432, "user": "postgres",
+                                "database": "postgres", **change}
+        try:
+            conn = await asyncpg.connect(**args, timeout=10)
+        except Exception as exc:
+            text = pg_errors.describe(exc, **args)
+        else:
+            await conn.close()
+            raise AssertionError(f"{name}: connected")
+        assert words in text, (name, text)
+        assert not CLASS_NAME.search(text), (name, text)

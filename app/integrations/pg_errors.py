@@ -61,7 +61,7 @@ def describe(exc: BaseException, *, host: str = "", port: int | None = None,
     if isinstance(exc, ConnectionError):
         return f"the connection to {where} broke: {exc.strerror or 'reset by the peer'}"
     if isinstance(exc, OSError):
-        return f"a network or system error reaching {where}: {exc.strerror or 'no detail'}"
+        return f"a system error: {exc.strerror or 'no detail'}"
     return f"an unexpected error ({exc.__class__.__name__}) reaching {where}"
 
 
