@@ -92,6 +92,7 @@ class StepFailed(PgVaultError):
     def __init__(self, step: str, detail: str) -> None:
         super().__init__(f"{step}: {detail}")
         self.step = step
+        self.cause = detail
 
 
 def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> JSONResponse:

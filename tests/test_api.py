@@ -18,7 +18,7 @@ async def test_health_readiness_and_metrics(client: Any) -> None:
     assert 'pgvault_backup_last_success_timestamp_seconds{target="pagila"}' in metrics
     assert 'pgvault_backup_last_size_bytes{target="pagila"}' in metrics
     assert 'pgvault_rpo_compliant{target="pagila"} 1.0' in metrics
-    assert 'pgvault_jobs{kind="backup",status="succeeded"}' in metrics
+    assert 'pgvault_jobs_total{kind="backup",outcome="succeeded"}' in metrics
     assert job["result"]["size_bytes"] > 0
 
 

@@ -252,6 +252,8 @@ async def test_unreachable_storage_fails_with_clear_error(make_settings: Any) ->
         ready = await c.get("/readyz")
     assert job["status"] == "failed"
     assert "NoSuchBucket" in job["error"]["detail"]
+    assert job["summary"].startswith("backup of pagila failed at "), job["summary"]
+    assert "the bucket does not exist" in job["summary"], job["summary"]
     assert ready.status_code == 503 and ready.json()["checks"]["storage"]["ok"] is False
     assert ready.headers["content-type"] == "application/problem+json"
     assert ready.json()["status"] == 503 and "storage" in ready.json()["detail"]

@@ -176,11 +176,14 @@ async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
     except OSError as exc:
         raise StepFailed(step, f"cannot start {exc.filename or 'a tool'}: {exc.strerror}") from None
     dumper = pipeline.pids[0]
+    dumped = 0
 
     def progress(uploaded: int) -> None:
-        dumped = _proc_wchar(dumper)
-        ctx.progress(bytes_done=dumped if dumped is not None else uploaded,
-                     bytes_uploaded=uploaded)
+        # Once pg_dump has exited its counter is gone while the upload drains: keep its last
+        # reading rather than fall back to the (compressed) upload count.
+        nonlocal dumped
+        dumped = _proc_wchar(dumper) or dumped
+        ctx.progress(bytes_done=dumped or uploaded, bytes_uploaded=uploaded)
 
     try:
         stored = await pipeline_to_storage(

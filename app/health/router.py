@@ -29,5 +29,6 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(services: ServicesDep) -> Response:
-    """Prometheus text: last backup time and size per target, job counts and durations, RPO."""
+    """Prometheus text: jobs by kind and outcome with durations; per target backups, archives,
+    verifications and RPO."""
     return Response(await service.metrics_text(services), media_type=CONTENT_TYPE_LATEST)

@@ -1,17 +1,13 @@
-"""Readiness checks and the Prometheus figures (read from the metadata database, so every replica
-reports the same)."""
+"""Readiness checks, and the Prometheus figures (app.health.metrics)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-
+from app.health import metrics
 from app.integrations import gpg
-from app.jobs import repository as jobs_repo
 
 if TYPE_CHECKING:
     from app.lifespan import Services
@@ -69,37 +65,4 @@ def unready_detail(checks: dict[str, Any]) -> str:
 
 
 async def metrics_text(services: Services) -> bytes:
-    registry = CollectorRegistry()
-    last_ts = Gauge("pgvault_backup_last_success_timestamp_seconds",
-                    "Finish time of the last successful backup", ["target"], registry=registry)
-    last_size = Gauge("pgvault_backup_last_size_bytes", "Stored size of the last successful backup",
-                      ["target"], registry=registry)
-    last_dur = Gauge("pgvault_backup_last_duration_seconds",
-                     "Duration of the last successful backup", ["target"], registry=registry)
-    rpo_ok = Gauge("pgvault_rpo_compliant", "1 when the last good backup is within the RPO",
-                   ["target"], registry=registry)
-    jobs_total = Gauge("pgvault_jobs", "Jobs by kind and status", ["kind", "status"],
-                       registry=registry)
-    jobs_seconds = Gauge("pgvault_jobs_duration_seconds_sum",
-                         "Summed duration of finished jobs by kind and status",
-                         ["kind", "status"], registry=registry)
-    names = sorted(services.settings.targets)
-    async with services.pool.acquire() as conn:
-        last = {r["target"]: r for r in await jobs_repo.last_succeeded(conn, "backup", names)}
-        counts = await jobs_repo.counts(conn)
-    now = time.time()
-    for name in names:
-        row = last.get(name)
-        ok = False
-        if row is not None:
-            finished = row["finished_at"].timestamp()
-            last_ts.labels(name).set(finished)
-            last_size.labels(name).set(row["result"].get("size_bytes", 0))
-            last_dur.labels(name).set(row["result"].get("duration_s", 0))
-            ok = now - finished <= services.settings.rpo_hours * 3600
-        rpo_ok.labels(name).set(1 if ok else 0)
-    for row in counts:
-        jobs_total.labels(row["kind"], row["status"]).set(row["n"])
-        jobs_seconds.labels(row["kind"], row["status"]).set(float(row["seconds"] or 0))
-    data: bytes = generate_latest(registry)
-    return data
+    return await metrics.metrics_text(services)

@@ -12,6 +12,7 @@ import asyncpg
 
 from app.config import PgDsn
 from app.errors import StepFailed
+from app.integrations import pg_errors
 
 
 async def connect_target(dsn: PgDsn, database: str | None = None, timeout: float = 15,
@@ -22,8 +23,6 @@ async def connect_target(dsn: PgDsn, database: str | None = None, timeout: float
                                      server_settings={"application_name": "pgvault",
                                                       **(settings or {})})
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        reason = type(exc).__name__
-        if isinstance(exc, asyncpg.PostgresError):
-            reason = f"{exc.sqlstate} {type(exc).__name__}"
+        reason = pg_errors.describe_for(exc, dsn, database)
         raise StepFailed("connect", f"cannot connect to {dsn.host}:{dsn.port}/"
                                     f"{database or dsn.database}: {reason}") from None

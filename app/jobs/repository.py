@@ -47,6 +47,7 @@ async def claim_next(conn: Any, *, owner: str, lease_s: float, targets: list[str
     once (SKIP LOCKED)."""
     return await conn.fetchrow(
         f"""UPDATE jobs SET status = 'running', phase = 'starting', started_at = now(),
+                summary = kind || ' of ' || target || ': starting',
                 updated_at = now(), lease_owner = $1,
                 lease_expires_at = now() + make_interval(secs => $2)
             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND NOT cancel_requested
@@ -67,12 +68,12 @@ async def renew_leases(conn: Any, *, owner: str, ids: list[UUID], lease_s: float
 
 
 async def update_progress(conn: Any, job_id: UUID, *, phase: str, bytes_done: int,
-                          bytes_total: int | None, bytes_uploaded: int) -> None:
+                          bytes_total: int | None, bytes_uploaded: int, summary: str) -> None:
     await conn.execute(
         """UPDATE jobs SET phase = $2, bytes_done = $3, bytes_total = $4, bytes_uploaded = $5,
-               updated_at = now()
+               summary = $6, updated_at = now()
            WHERE id = $1 AND status = 'running'""",
-        job_id, phase, bytes_done, bytes_total, bytes_uploaded)
+        job_id, phase, bytes_done, bytes_total, bytes_uploaded, summary)
 
 
 async def set_cleanup(conn: Any, job_id: UUID, cleanup: dict[str, Any]) -> None:
@@ -125,7 +126,8 @@ async def reap_expired(conn: Any) -> list[Any]:
                 error = jsonb_build_object('title', 'Worker lost',
                     'detail', 'the worker running this job stopped renewing its lease (crash, '
                               || 'kill or lost host); the job was abandoned at phase ' || phase),
-                summary = 'failed: worker lost at phase ' || phase,
+                summary = kind || ' of ' || target || ' failed at ' || phase
+                          || ': the worker running it was lost (crash, kill or lost host)',
                 lease_owner = NULL, lease_expires_at = NULL
             WHERE id IN (SELECT id FROM jobs WHERE status = 'running'
                          AND lease_expires_at < now() FOR UPDATE SKIP LOCKED)
@@ -183,10 +185,48 @@ async def last_verifications(conn: Any, target: str, backup_ids: list[str],
 
 
 async def counts(conn: Any) -> list[Any]:
+    """Jobs by kind and status, all of them (finished ones count for ever: the metrics' totals)."""
     rows: list[Any] = await conn.fetch(
-        """SELECT kind, status, count(*) AS n,
-                  sum(extract(epoch FROM finished_at - started_at)) AS seconds
-           FROM jobs GROUP BY kind, status""")
+        "SELECT kind, status, count(*) AS n FROM jobs GROUP BY kind, status")
+    return rows
+
+
+async def duration_buckets(conn: Any, bounds: list[float]) -> list[Any]:
+    """Finished jobs that ran (started), by kind and status: for each upper bound, how many took
+    at most that long (cumulative, as a Prometheus histogram wants), with their count and sum."""
+    rows: list[Any] = await conn.fetch(
+        """WITH d AS (
+               SELECT kind, status, extract(epoch FROM finished_at - started_at)::float8 AS s
+               FROM jobs
+               WHERE status IN ('succeeded', 'failed', 'cancelled')
+                 AND started_at IS NOT NULL AND finished_at IS NOT NULL),
+           per_bound AS (
+               SELECT kind, status, b.le, count(*) FILTER (WHERE d.s <= b.le) AS c
+               FROM d CROSS JOIN unnest($1::float8[]) AS b(le)
+               GROUP BY kind, status, b.le),
+           tot AS (SELECT kind, status, count(*) AS n, sum(s) AS seconds
+                   FROM d GROUP BY kind, status)
+           SELECT t.kind, t.status, t.n, t.seconds,
+                  (SELECT array_agg(p.c ORDER BY p.le) FROM per_bound p
+                   WHERE p.kind = t.kind AND p.status = t.status) AS buckets
+           FROM tot t""", bounds)
+    return rows
+
+
+async def last_finished(conn: Any, kind: str, targets: list[str]) -> list[Any]:
+    """Each target's last job of ``kind`` that succeeded or failed (cancelled ones decide
+    nothing)."""
+    rows: list[Any] = await conn.fetch(
+        f"""SELECT DISTINCT ON (target) {JOB_COLUMNS} FROM jobs
+            WHERE kind = $1 AND status IN ('succeeded', 'failed') AND target = ANY($2::text[])
+            ORDER BY target, finished_at DESC""",
+        kind, targets)
+    return rows
+
+
+async def running_of(conn: Any, kind: str) -> list[Any]:
+    rows: list[Any] = await conn.fetch(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE kind = $1 AND status = 'running'", kind)
     return rows
 
 

@@ -24,7 +24,9 @@ import structlog
 
 from app.audit import repository as audit_repo
 from app.errors import PgVaultError, StepFailed
+from app.integrations import pg_errors
 from app.jobs import repository as repo
+from app.jobs import summaries
 from app.jobs.schemas import Job
 from app.security import redact
 
@@ -54,6 +56,9 @@ class JobContext:
         self.bytes_total: int | None = None
         self.bytes_uploaded = 0
         self._flushed: tuple[str, int, int | None, int] | None = None
+        # The last phase that moved bytes (a dump, a download): a finished job shows it, not the
+        # empty counters of the short step that came after.
+        self._last_stream: tuple[int, int | None, int] | None = None
         self.cleanup: dict[str, Any] = {}
         self.cancel_reason = "cancelled on request"
         self.cancelling = False
@@ -72,6 +77,8 @@ class JobContext:
 
     async def set_phase(self, phase: str, *, bytes_total: int | None = None) -> None:
         self._close_phase()
+        if self.bytes_done or self.bytes_uploaded:
+            self._last_stream = (self.bytes_done, self.bytes_total, self.bytes_uploaded)
         self.phase = phase
         self.bytes_done = 0
         self.bytes_uploaded = 0
@@ -85,6 +92,16 @@ class JobContext:
         self.phase_durations[self.phase] = round(spent, 3)
         self.phase_started = now
 
+    def keep_final_progress(self) -> None:
+        """At the end: a last step that moved no bytes shows the last stream's counters."""
+        if not (self.bytes_done or self.bytes_uploaded) and self._last_stream is not None:
+            self.bytes_done, self.bytes_total, self.bytes_uploaded = self._last_stream
+
+    def summary(self) -> str:
+        return summaries.running(self.kind, self.target, self.params, phase=self.phase,
+                                 bytes_done=self.bytes_done, bytes_total=self.bytes_total,
+                                 bytes_uploaded=self.bytes_uploaded)
+
     async def flush_progress(self) -> None:
         state = (self.phase, self.bytes_done, self.bytes_total, self.bytes_uploaded)
         if state == self._flushed:
@@ -93,7 +110,8 @@ class JobContext:
         async with self.services.pool.acquire() as conn:
             await repo.update_progress(conn, self.job_id, phase=self.phase,
                                        bytes_done=self.bytes_done, bytes_total=self.bytes_total,
-                                       bytes_uploaded=self.bytes_uploaded)
+                                       bytes_uploaded=self.bytes_uploaded,
+                                       summary=self.summary())
 
     async def assert_lease(self) -> None:
         """Raise unless this worker still holds the job's lease, renewing it (around an
@@ -267,28 +285,40 @@ class JobRunner:
         secrets_ = self.settings.secrets()
         try:
             ctx.log.info("job_started")
+            await ctx.flush_progress()  # "queued" no more: say it started
             result, summary = await handler(ctx)
             status = "succeeded"
         except asyncio.CancelledError:
             status = "cancelled"
             error = {"title": "Cancelled", "detail": ctx.cancel_reason}
-            summary = f"{ctx.kind} {ctx.cancel_reason} (phase {ctx.phase})"
+            summary = summaries.cancelled(ctx.kind, ctx.target, ctx.params, phase=ctx.phase,
+                                          reason=ctx.cancel_reason)
         except StepFailed as exc:
             error = {"title": f"{ctx.kind.capitalize()} failed",
                      "detail": redact(exc.detail, secrets_)}
-            summary = f"{ctx.kind} failed at {exc.step}"
+            summary = summaries.failed(ctx.kind, ctx.target, ctx.params, step=exc.step,
+                                       cause=redact(exc.cause, secrets_))
             result = {"failed_step": exc.step}
         except PgVaultError as exc:
             error = {"title": exc.title, "detail": redact(exc.detail, secrets_)}
-            summary = f"{ctx.kind} failed: {redact(exc.detail, secrets_)[:120]}"
+            summary = summaries.failed(ctx.kind, ctx.target, ctx.params, step=ctx.phase,
+                                       cause=redact(exc.detail, secrets_))
         except Exception as exc:
             ctx.log.exception("job_crashed")
-            error = {"title": "Internal error",
-                     "detail": f"unexpected {type(exc).__name__} at phase {ctx.phase}; see the "
-                               "service log"}
-            summary = f"{ctx.kind} failed unexpectedly at phase {ctx.phase}"
+            if pg_errors.is_database_error(exc):  # a database or network error no step caught
+                cause = redact(pg_errors.describe(exc), secrets_)
+                error = {"title": f"{ctx.kind.capitalize()} failed",
+                         "detail": f"{ctx.phase}: {cause}"}
+            else:
+                cause = "an internal error; see the service log"
+                error = {"title": "Internal error",
+                         "detail": f"unexpected {type(exc).__name__} at phase {ctx.phase}; see "
+                                   "the service log"}
+            summary = summaries.failed(ctx.kind, ctx.target, ctx.params, step=ctx.phase,
+                                       cause=cause)
         duration = time.monotonic() - started
         ctx._close_phase()
+        ctx.keep_final_progress()
         result = {**result, "phase_durations_s": ctx.phase_durations}
         await asyncio.shield(self._record(ctx, status, result, error, summary, duration))
 

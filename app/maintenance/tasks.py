@@ -18,6 +18,7 @@ import asyncpg
 import structlog
 
 from app.errors import StepFailed
+from app.integrations import pg_errors
 
 log = structlog.get_logger("pgvault.maintenance")
 
@@ -54,7 +55,7 @@ ORDER BY n.nspname, c.relname
 
 
 def _failure(exc: asyncpg.exceptions.PostgresError) -> str:
-    return f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+    return pg_errors.describe(exc)
 
 
 async def analyze(conn: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from app.errors import StepFailed
+from app.integrations import pg_errors
 
 INVALID_INDEXES = """
 SELECT n.nspname AS schema, c.relname AS name, t.relname AS table
@@ -41,7 +42,7 @@ async def compare_rows(conn: Any, tables: list[dict[str, Any]]) -> dict[str, Any
             rows, error = None, "missing"
         except asyncpg.PostgresError as exc:  # says nothing of the archive (a timeout, say)
             raise StepFailed("count", f"counting {table['schema']}.{table['name']} failed: "
-                                      f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})") from None
+                                      f"{pg_errors.describe(exc)}") from None
         checked += 1
         if rows != table["rows"]:
             mismatches.append({"schema": table["schema"], "name": table["name"],

@@ -28,7 +28,7 @@ import asyncpg
 from app.archives.service import load_manifest
 from app.config import PgDsn
 from app.errors import NotFound, StepFailed
-from app.integrations import pg_tools
+from app.integrations import pg_errors, pg_tools
 from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target
@@ -109,7 +109,7 @@ async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
                 found[name] = await step(conn)
             except (StepFailed, asyncpg.PostgresError) as exc:
                 detail = exc.detail if isinstance(exc, StepFailed) else (
-                    f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})")
+                    pg_errors.describe(exc))
                 errors.append(f"{name}: {detail}")
     finally:
         await conn.close()
@@ -258,7 +258,7 @@ async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
                                             "name or drop it first") from None
     except asyncpg.PostgresError as exc:
         raise StepFailed("create database", f"cannot create {name} with the source's encoding "
-                         f"and locale ({type(exc).__name__}, SQLSTATE {exc.sqlstate})") from None
+                         f"and locale: {pg_errors.describe(exc)}") from None
 
 
 async def _drop_quietly(dsn: PgDsn, database: str) -> None:

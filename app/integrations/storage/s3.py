@@ -17,16 +17,45 @@ from typing import Any
 
 import aioboto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 
 from app.integrations.storage.base import ObjectInfo, PendingUpload, StorageError
+
+# S3 error codes and botocore failures in words (the code stays, for searching the S3 docs).
+_CODE_WORDS = {
+    "AccessDenied": "access denied to these credentials",
+    "NoSuchBucket": "the bucket does not exist",
+    "InvalidAccessKeyId": "the access key id is unknown to the endpoint",
+    "SignatureDoesNotMatch": "the secret access key does not match the key id",
+    "NoSuchUpload": "the multipart upload no longer exists",
+    "SlowDown": "the endpoint asks to slow down",
+    "InternalError": "the endpoint had an internal error",
+    "ServiceUnavailable": "the endpoint is unavailable",
+}
 
 
 def _describe(exc: Exception, what: str) -> StorageError:
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "error")
-        return StorageError(f"S3 {what} failed: {code}")
-    return StorageError(f"S3 {what} failed: {type(exc).__name__}")
+        words = _CODE_WORDS.get(code)
+        return StorageError(f"S3 {what} failed: {words} ({code})" if words
+                            else f"S3 {what} failed: error code {code}")
+    if isinstance(exc, EndpointConnectionError):
+        words = "cannot connect to the S3 endpoint"
+    elif isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
+        words = "the S3 endpoint did not answer in time"
+    elif isinstance(exc, NoCredentialsError):
+        words = "no S3 credentials were found (AWS_ACCESS_KEY_ID and friends)"
+    else:
+        words = f"a client error ({type(exc).__name__})"
+    return StorageError(f"S3 {what} failed: {words}")
 
 
 class S3Upload:

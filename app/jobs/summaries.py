@@ -1,0 +1,102 @@
+"""A job's ``summary``: one self-contained line for people and chat bots (SPEC 2.13).
+
+While a job runs, the line says what it is doing, with numbers ("backup of demo: dumping, 42% of
+~168 MB"); it is rewritten with every progress flush. When it fails, the line names the target,
+the step and the cause in words. A succeeded job's line is its command's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Phases of a byte stream: the words, and whether the total is an estimate (a database's size on
+# disk against pg_dump's output) or exact (the archive's objects).
+_STREAMS: dict[str, tuple[str, bool]] = {
+    "dump": ("dumping", True),
+    "download": ("downloading", False),
+}
+
+_WORDS: dict[str, str] = {
+    "starting": "starting",
+    "connecting": "connecting to the database",
+    "globals": "copying roles and tablespaces",
+    "manifest": "writing the manifest",
+    "create database": "creating the database",
+    "restore": "restoring (pg_restore)",
+    "post-restore": "checking the restored database (ANALYZE, views, row counts, indexes)",
+    "table of contents": "checking the table of contents",
+    "compare": "comparing row counts with the manifest",
+    "plan": "choosing archives to delete",
+    "analyze": "running ANALYZE",
+    "refresh_materialized_views": "refreshing materialized views",
+}
+
+MAX_LEN = 400
+
+
+def size(n: float) -> str:
+    """Bytes in decimal units, as people read them (3 significant digits)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            break
+        n /= 1000
+    if unit == "B":
+        return f"{int(n)} B"
+    return f"{n:.0f} {unit}" if abs(n) >= 100 else f"{n:.1f} {unit}"
+
+
+def subject(kind: str, target: str, params: dict[str, Any]) -> str:
+    """What the job works on: "backup of demo", "restore of demo 2026...-abc123 into x"."""
+    backup_id = params.get("backup_id")
+    if kind == "verify" and backup_id:
+        return f"{params.get('level', 'checksum')} verification of {target} {backup_id}"
+    if kind == "restore" and backup_id:
+        into = params.get("database") if params.get("mode") != "in_place" else "itself"
+        return f"restore of {target} {backup_id} into {into}"
+    if kind == "maintenance" and params.get("task"):
+        return f"maintenance ({params['task']}) of {target}"
+    if kind == "retention" and params.get("dry_run"):
+        return f"retention dry run of {target}"
+    return f"{kind} of {target}"
+
+
+def running(kind: str, target: str, params: dict[str, Any], *, phase: str, bytes_done: int,
+            bytes_total: int | None, bytes_uploaded: int) -> str:
+    """The line of a running job, from its phase and progress."""
+    return _clip(f"{subject(kind, target, params)}: "
+                 f"{_doing(kind, phase, bytes_done, bytes_total, bytes_uploaded)}")
+
+
+def _doing(kind: str, phase: str, done: int, total: int | None, uploaded: int) -> str:
+    if kind == "retention" and phase == "delete":
+        return f"deleting archives, {done} of {total or 0} done"
+    if phase in _STREAMS:
+        verb, estimate = _STREAMS[phase]
+        text = verb
+        if total:
+            pct = min(99, int(done * 100 / total)) if done < total or estimate else 100
+            text += f", {pct}% of {'~' if estimate else ''}{size(total)}"
+            text += f" ({size(done)} {'read' if estimate else 'done'}"
+        else:
+            text += f" ({size(done)}"
+        text += f", {size(uploaded)} uploaded)" if phase == "dump" else ")"
+        return text
+    words = _WORDS.get(phase, phase)
+    if done:
+        words += f" ({size(done)}" + (f" of {size(total)})" if total else ")")
+    return words
+
+
+def failed(kind: str, target: str, params: dict[str, Any], *, step: str, cause: str) -> str:
+    """The line of a failed job: target, step and cause."""
+    return _clip(f"{subject(kind, target, params)} failed at {step}: {cause}")
+
+
+def cancelled(kind: str, target: str, params: dict[str, Any], *, phase: str,
+              reason: str) -> str:
+    return _clip(f"{subject(kind, target, params)} {reason} (during {_WORDS.get(phase, phase)})")
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())  # one line, whatever a cause held
+    return text if len(text) <= MAX_LEN else text[:MAX_LEN - 1] + "…"
