@@ -18,6 +18,7 @@ from app.audit.router import router as audit_router
 from app.backup.router import router as backup_router
 from app.config import TARGET_NAME_RE, ConfigError, Role, Settings, load_settings
 from app.dependencies import required_role
+from app.docs import openapi as docs_openapi
 from app.docs import ui as docs_ui
 from app.errors import V1_ERRORS, Forbidden, Problem, Unauthorized, install_handlers, problem
 from app.health.router import router as health_router
@@ -161,13 +162,25 @@ def _add_problem_schema(app: FastAPI) -> None:
 
 
 def _docs_options() -> dict[str, Any]:
-    """FastAPI's own /docs and /redoc load their scripts from a CDN: off, see _install_docs."""
-    return {"docs_url": None, "redoc_url": None}
+    """FastAPI's own /docs and /redoc load their scripts from a CDN: off, see _install_docs.
+    Operation ids are short (``startBackup``), for client generators."""
+    return {"docs_url": None, "redoc_url": None,
+            "generate_unique_id_function": docs_openapi.operation_id}
 
 
 def _install_docs(app: FastAPI) -> None:
-    """Swagger UI and ReDoc from assets installed with pgvault (app/docs/ui.py)."""
+    """Swagger UI and ReDoc from assets installed with pgvault (app/docs/ui.py); each operation's
+    role and the job result models in the document (app/docs/openapi.py)."""
     docs_ui.install(app)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            # generate() caches what polish amends
+            docs_openapi.polish(generate(), [health_router, *V1_ROUTERS])
+        return generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 _app: FastAPI | None = None

@@ -99,6 +99,19 @@ async def test_docs_pages_load_only_assets_served_here(docs_client: httpx.AsyncC
     assert seen_types == expected_types, f"{page}: assets served as {seen_types}"
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+async def test_pages_may_load_from_no_other_origin(docs_client: httpx.AsyncClient,
+                                                   page: str) -> None:
+    # ReDoc's bundle shows a logo from cdn.redoc.ly whatever its options: the policy makes the
+    # browser refuse it (and anything else off the host) before any request is sent.
+    policy = (await docs_client.get(page)).headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["default-src"] == "'self'"
+    for name in ("script-src", "style-src", "img-src", "font-src", "connect-src", "worker-src"):
+        sources = directives[name].split()
+        assert set(sources) <= {"'self'", "'unsafe-inline'", "data:", "blob:"}, (name, sources)
+
+
 async def test_swagger_ui_calls_no_online_validator(docs_client: httpx.AsyncClient) -> None:
     # Swagger UI's default validatorUrl fetches a badge from validator.swagger.io.
     html = (await docs_client.get("/docs")).text

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 class Verification(BaseModel):
     status: Literal["succeeded", "failed"]
-    level: str
+    level: Literal["checksum", "restore"]
     job_id: UUID
     finished_at: datetime | None
     summary: str

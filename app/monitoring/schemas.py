@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+ViewName = Literal["connections", "bloat", "indexes", "tables", "snapshot"]
 
-class _Row(BaseModel):
+
+class _Model(BaseModel):
+    # Each model mirrors a dict the service builds: a key it does not name is a bug to see, not
+    # data to drop silently.
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Row(_Model):
     # ``schema`` would shadow a BaseModel attribute: stored as ``schema_name``, shown as
     # ``schema``.
-    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True, extra="forbid")
 
 
-class _View(BaseModel):
+class _View(_Model):
     target: str = Field(description="target name")
     taken_at: datetime = Field(description="when the view was taken (UTC)")
 
 
-class ActiveConnection(BaseModel):
+class ActiveConnection(_Model):
     pid: int
     database: str | None
     user: str | None
@@ -32,7 +41,7 @@ class ActiveConnection(BaseModel):
     backend_type: str | None
 
 
-class ClientConnections(BaseModel):
+class ClientConnections(_Model):
     user: str | None
     client_addr: str | None
     count: int = Field(description="client connections from this user and address")
@@ -128,3 +137,11 @@ class SnapshotView(_View):
     bloat: BloatView
     indexes: IndexesView
     tables: TablesView
+
+
+MonitoringView = ConnectionsView | BloatView | IndexesView | TablesView | SnapshotView
+
+MODELS: dict[str, type[_View]] = {
+    "connections": ConnectionsView, "bloat": BloatView, "indexes": IndexesView,
+    "tables": TablesView, "snapshot": SnapshotView,
+}

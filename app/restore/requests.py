@@ -35,6 +35,9 @@ async def start_restore(services: Services, caller: Principal, target: str,
             raise InvalidRequest("database applies to new_database restores only")
         database = own_db
     else:
+        if body.confirm is not None:
+            # Swagger's invented "string" lands here; a confirm that guards nothing misleads.
+            raise InvalidRequest("confirm applies to in_place restores only")
         database = body.database or default_database_name(target)
         if database == own_db:
             raise InvalidRequest(f"{database} is the target's own database: use mode in_place")
