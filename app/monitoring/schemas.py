@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 ViewName = Literal["connections", "bloat", "indexes", "tables", "snapshot"]
+
+# The JSON these views had before they were typed, kept exactly: server times as Python's
+# isoformat ("+00:00"), taken_at to the millisecond with "Z".
+_DATE_TIME = WithJsonSchema({"type": "string", "format": "date-time"})
+ServerTime = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str,
+                                                 when_used="json"), _DATE_TIME]
+TakenAt = Annotated[datetime, PlainSerializer(
+    lambda t: t.isoformat(timespec="milliseconds").replace("+00:00", "Z"), return_type=str,
+    when_used="json"), _DATE_TIME]
 
 
 class _Model(BaseModel):
@@ -24,7 +33,7 @@ class _Row(_Model):
 
 class _View(_Model):
     target: str = Field(description="target name")
-    taken_at: datetime = Field(description="when the view was taken (UTC)")
+    taken_at: TakenAt = Field(description="when the view was taken (UTC)")
 
 
 class ActiveConnection(_Model):
@@ -104,7 +113,7 @@ class IndexesView(_View):
     unused_count: int = Field(description="all unused indexes, even beyond the list's limit")
     unused_bytes: int
     invalid_count: int
-    stats_reset: datetime | None = Field(
+    stats_reset: ServerTime | None = Field(
         description="scan counts start here; null: since the statistics were created")
     unused: list[UnusedIndex] = Field(
         description="never scanned and enforcing no constraint, largest first")
@@ -118,10 +127,10 @@ class TableStats(_Row):
     n_live_tup: int
     n_dead_tup: int
     dead_ratio: float = Field(description="dead / (live + dead), 0 to 1")
-    last_vacuum: datetime | None
-    last_autovacuum: datetime | None
-    last_analyze: datetime | None
-    last_autoanalyze: datetime | None
+    last_vacuum: ServerTime | None
+    last_autovacuum: ServerTime | None
+    last_analyze: ServerTime | None
+    last_autoanalyze: ServerTime | None
     total_bytes: int | None = Field(description="table, TOAST and indexes")
 
 
