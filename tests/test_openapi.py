@@ -191,3 +191,14 @@ async def test_monitoring_answers_its_typed_model(client: Any) -> None:
         assert body == jsonable_encoder(untyped)
     unknown = await client.get("/v1/targets/pagila/monitoring/vacuum", headers=auth("viewer"))
     assert unknown.status_code == 404, unknown.text  # as before the enum: no such view
+
+
+def test_response_examples_are_valid_answers() -> None:
+    from app.archives.schemas import Archive, ArchiveDetail
+    from app.jobs.schemas import Job
+    from app.targets.schemas import TargetStatus
+
+    for model in (Job, Archive, ArchiveDetail, TargetStatus):
+        examples = model.model_config["json_schema_extra"]["examples"]  # type: ignore[index]
+        for example in examples:
+            assert model.model_validate(example).model_dump(mode="json").keys() == example.keys()

@@ -18,7 +18,8 @@ from app.config import BACKUP_ID_RE
 BackupIdStr = Annotated[str, Field(pattern=BACKUP_ID_RE.pattern,
                                    examples=["20261124T151600Z-k3x9a2"])]
 PhaseDurations = Annotated[dict[str, float], Field(
-    description="seconds spent in each phase", examples=[{"dump": 41.2, "manifest": 0.1}])]
+    description="seconds spent in each phase",
+    examples=[{"queued": 0.2, "dump": 41.2, "manifest": 0.1}])]
 
 
 class _Model(BaseModel):
@@ -26,7 +27,8 @@ class _Model(BaseModel):
 
 
 class StoredObject(_Model):
-    key: str = Field(description="relative to the archive folder", examples=["dump.pgc.zst.gpg"])
+    key: str = Field(description="relative to the archive folder",
+                     examples=["database.dump.zst.gpg"])
     size_bytes: int
     sha256: str
 
