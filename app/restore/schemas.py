@@ -32,9 +32,10 @@ class VerifyRequest(BaseModel):
 
 
 # Swagger's "Try it out" sends the first example as is. Without one it invents every field from
-# its pattern: a random database name, a confirm of "string". So the examples name no database
-# and no confirm, and their backup id is well formed but matches no archive (404): a real one
-# must be typed in, from listArchives.
+# its pattern: a random database name, a confirm of "string". So the first example is only a
+# backup id, well formed but matching no archive (404) until a real one from listArchives is
+# typed in; where the others show a database or confirm, it is a placeholder that fails
+# validation (422), never a name that would be used.
 RESTORE_EXAMPLES: dict[str, Any] = {
     "new_database": {
         "summary": "into a new database named by pgvault (<target>_restore_<time>)",
