@@ -18,6 +18,8 @@ from app.audit.router import router as audit_router
 from app.backup.router import router as backup_router
 from app.config import TARGET_NAME_RE, ConfigError, Role, Settings, load_settings
 from app.dependencies import required_role
+from app.docs import openapi as docs_openapi
+from app.docs import ui as docs_ui
 from app.errors import V1_ERRORS, Forbidden, Problem, Unauthorized, install_handlers, problem
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
@@ -133,13 +135,14 @@ def v1_roles() -> list[tuple[APIRoute, Role]]:
 def create_app(settings: Settings) -> FastAPI:
     app_logging.configure()
     app = FastAPI(title="pgvault", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  swagger_ui_parameters={"persistAuthorization": True})
+                  **_docs_options())
     app.state.settings = settings
     install_handlers(app)
     app.include_router(health_router)
     for router in V1_ROUTERS:
         app.include_router(router, responses=V1_ERRORS)
     _add_problem_schema(app)
+    _install_docs(app)
     app.add_middleware(V1Gate, settings=settings, roles=v1_roles())
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
@@ -154,6 +157,28 @@ def _add_problem_schema(app: FastAPI) -> None:
                 Problem.model_json_schema())
             app.openapi_schema = schema
         return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _docs_options() -> dict[str, Any]:
+    """FastAPI's own /docs and /redoc load their scripts from a CDN: off, see _install_docs.
+    Operation ids are short (``startBackup``), for client generators."""
+    return {"docs_url": None, "redoc_url": None,
+            "generate_unique_id_function": docs_openapi.operation_id}
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI and ReDoc from assets installed with pgvault (app/docs/ui.py); each operation's
+    role and the job result models in the document (app/docs/openapi.py)."""
+    docs_ui.install(app)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            # generate() caches what polish amends
+            docs_openapi.polish(generate(), [health_router, *V1_ROUTERS])
+        return generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
 

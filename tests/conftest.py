@@ -24,6 +24,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from app.config import Settings
+from app.jobs import results
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,6 +227,8 @@ async def wait_job(client: httpx.AsyncClient, job_id: str, timeout: float = 120)
         assert resp.status_code == 200, resp.text
         job: dict[str, Any] = resp.json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
+            # Every finished job of the suite holds the OpenAPI document to its word.
+            results.validate(job["kind"], job["status"], job["result"])
             return job
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job['status']} at {job['phase']}")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,10 +47,17 @@ class RetentionRequest(BaseModel):
     dry_run: bool = Field(False, description="report exactly what would be deleted, delete nothing")
 
 
+RETENTION_EXAMPLES: dict[str, Any] = {
+    "dry_run": {"summary": "preview: what would be deleted", "value": {"dry_run": True}},
+    "apply": {"summary": "delete expired and incomplete archives", "value": {"dry_run": False}},
+}
+
+
 @router.post("/{target}/retention", response_model=Job, status_code=202)
 async def start_retention(target: TargetName, services: ServicesDep, caller: Admin,
                           response: Response,
-                          body: Annotated[RetentionRequest | None, Body()] = None,
+                          body: Annotated[RetentionRequest | None,
+                                          Body(openapi_examples=RETENTION_EXAMPLES)] = None,
                           idempotency_key: IdempotencyKey = None) -> Job:
     """Apply the target's retention: expired and incomplete archives, stale uploads."""
     dry_run = body.dry_run if body else False

@@ -6,12 +6,12 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Verification(BaseModel):
     status: Literal["succeeded", "failed"]
-    level: str
+    level: Literal["checksum", "restore"]
     job_id: UUID
     finished_at: datetime | None
     summary: str
@@ -22,7 +22,22 @@ class Verification(BaseModel):
         "damaged archive as good"))
 
 
+ARCHIVE_EXAMPLE: dict[str, Any] = {
+    "backup_id": "20261124T000012Z-k3x9a2", "target": "demo",
+    "created_at": "2026-11-24T00:00:12.031Z", "finished_at": "2026-11-24T00:01:05.498Z",
+    "size_bytes": 2957312, "complete": True, "label": None,
+    "job_id": "0b9f3c1e-6a57-4d0e-9a51-3f4e2b8c7d10", "database_size_bytes": 16482467,
+    "verification": {"status": "succeeded", "level": "restore",
+                     "job_id": "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f",
+                     "finished_at": "2026-11-24T03:12:44.120Z",
+                     "summary": "restore verification of 20261124T000012Z-k3x9a2 passed: "
+                                "2 object(s), 1207 TOC entries, 21 tables match in 9.8 s",
+                     "damaged": False}}
+
+
 class Archive(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ARCHIVE_EXAMPLE]})
+
     backup_id: str
     target: str
     created_at: datetime
@@ -36,7 +51,20 @@ class Archive(BaseModel):
 
 
 class ArchiveDetail(Archive):
-    manifest: dict[str, Any] | None
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        **ARCHIVE_EXAMPLE,
+        "manifest": {
+            "format_version": 1, "backup_id": "20261124T000012Z-k3x9a2", "target": "demo",
+            "created_at": "2026-11-24T00:00:12.031000+00:00",
+            "finished_at": "2026-11-24T00:01:05.498000+00:00",
+            "server_version": "15.10", "pg_dump_version": "15.10",
+            "database_size_bytes": 16482467, "compression": "zstd",
+            "objects": [{"key": "database.dump.zst.gpg", "size_bytes": 2949120,
+                         "sha256": "9f2c...e41a", "encrypted": True}],
+            "tables": [{"schema": "public", "name": "rental", "rows": 16044}]}}]})
+
+    manifest: dict[str, Any] | None = Field(description="manifest.json as stored (SPEC 6); "
+                                            "null when the archive is incomplete")
 
 
 class ArchiveList(BaseModel):

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,11 +22,19 @@ class BackupRequest(BaseModel):
                               description="free text shown in the archive listing")
 
 
+BACKUP_EXAMPLES: dict[str, Any] = {
+    "plain": {"summary": "a backup with no label", "value": {}},
+    "labelled": {"summary": "a backup labelled for the archive listing",
+                 "value": {"label": "before release 4.2 migration"}},
+}
+
+
 @router.post("/{target}/backups", response_model=Job, status_code=202,
              responses={409: problem_response("a backup of this target is already running")})
 async def start_backup(target: TargetName, services: ServicesDep, caller: Operator,
                        response: Response, idempotency_key: IdempotencyKey = None,
-                       body: Annotated[BackupRequest | None, Body()] = None) -> Job:
+                       body: Annotated[BackupRequest | None,
+                                       Body(openapi_examples=BACKUP_EXAMPLES)] = None) -> Job:
     """Start a backup of the target; follow it at the job's Location."""
     known_target(services, target)
     params = {"label": body.label} if body and body.label else {}

@@ -6,7 +6,9 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.jobs.results import JobResult
 
 JobKind = Literal["backup", "restore", "verify", "retention", "maintenance"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -25,6 +27,14 @@ class JobError(BaseModel):
 
 
 class Job(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "0b9f3c1e-6a57-4d0e-9a51-3f4e2b8c7d10", "kind": "backup", "target": "demo",
+        "status": "running", "phase": "dump",
+        "progress": {"bytes_done": 73400320, "bytes_total": 176160768, "bytes_uploaded": 62914560},
+        "created_at": "2026-11-24T15:16:00.120Z", "started_at": "2026-11-24T15:16:00.410Z",
+        "finished_at": None, "requested_by": "ops-bot", "error": None, "result": {},
+        "summary": "backup of demo: dumping, 42% of ~168 MB"}]})
+
     id: UUID
     kind: JobKind
     target: str
@@ -36,7 +46,7 @@ class Job(BaseModel):
     finished_at: datetime | None
     requested_by: str
     error: JobError | None
-    result: dict[str, Any]
+    result: JobResult
     summary: str
 
     @classmethod

@@ -3,22 +3,40 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+ViewName = Literal["connections", "bloat", "indexes", "tables", "snapshot"]
+
+# The JSON these views had before they were typed, kept exactly: server times as Python's
+# isoformat ("+00:00"), taken_at to the millisecond with "Z".
+_DATE_TIME = WithJsonSchema({"type": "string", "format": "date-time"})
+ServerTime = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str,
+                                                 when_used="json"), _DATE_TIME]
+TakenAt = Annotated[datetime, PlainSerializer(
+    lambda t: t.isoformat(timespec="milliseconds").replace("+00:00", "Z"), return_type=str,
+    when_used="json"), _DATE_TIME]
 
 
-class _Row(BaseModel):
+class _Model(BaseModel):
+    # Each model mirrors a dict the service builds: a key it does not name is a bug to see, not
+    # data to drop silently.
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Row(_Model):
     # ``schema`` would shadow a BaseModel attribute: stored as ``schema_name``, shown as
     # ``schema``.
-    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True, extra="forbid")
 
 
-class _View(BaseModel):
+class _View(_Model):
     target: str = Field(description="target name")
-    taken_at: datetime = Field(description="when the view was taken (UTC)")
+    taken_at: TakenAt = Field(description="when the view was taken (UTC)")
 
 
-class ActiveConnection(BaseModel):
+class ActiveConnection(_Model):
     pid: int
     database: str | None
     user: str | None
@@ -32,7 +50,7 @@ class ActiveConnection(BaseModel):
     backend_type: str | None
 
 
-class ClientConnections(BaseModel):
+class ClientConnections(_Model):
     user: str | None
     client_addr: str | None
     count: int = Field(description="client connections from this user and address")
@@ -95,7 +113,7 @@ class IndexesView(_View):
     unused_count: int = Field(description="all unused indexes, even beyond the list's limit")
     unused_bytes: int
     invalid_count: int
-    stats_reset: datetime | None = Field(
+    stats_reset: ServerTime | None = Field(
         description="scan counts start here; null: since the statistics were created")
     unused: list[UnusedIndex] = Field(
         description="never scanned and enforcing no constraint, largest first")
@@ -109,10 +127,10 @@ class TableStats(_Row):
     n_live_tup: int
     n_dead_tup: int
     dead_ratio: float = Field(description="dead / (live + dead), 0 to 1")
-    last_vacuum: datetime | None
-    last_autovacuum: datetime | None
-    last_analyze: datetime | None
-    last_autoanalyze: datetime | None
+    last_vacuum: ServerTime | None
+    last_autovacuum: ServerTime | None
+    last_analyze: ServerTime | None
+    last_autoanalyze: ServerTime | None
     total_bytes: int | None = Field(description="table, TOAST and indexes")
 
 
@@ -128,3 +146,11 @@ class SnapshotView(_View):
     bloat: BloatView
     indexes: IndexesView
     tables: TablesView
+
+
+MonitoringView = ConnectionsView | BloatView | IndexesView | TablesView | SnapshotView
+
+MODELS: dict[str, type[_View]] = {
+    "connections": ConnectionsView, "bloat": BloatView, "indexes": IndexesView,
+    "tables": TablesView, "snapshot": SnapshotView,
+}

@@ -32,6 +32,7 @@ import structlog
 from app.config import Settings
 from app.errors import NotFound, TimedOut, Unavailable
 from app.monitoring import repository as repo
+from app.monitoring.schemas import MODELS, MonitoringView
 
 log = structlog.get_logger("pgvault.monitoring")
 
@@ -316,6 +317,14 @@ async def get_view(pools: MonitoringPools, settings: Settings, target: str, view
     log.debug("monitoring_view", target=target, view=view,
              duration_ms=round((time.monotonic() - started) * 1000, 1))
     return result
+
+
+async def get_typed_view(pools: MonitoringPools, settings: Settings, target: str, view: str, *,
+                         limit: int = DEFAULT_LIMIT) -> MonitoringView:
+    """One monitoring view as its typed model (what the API answers)."""
+    found = await get_view(pools, settings, target, view, limit=limit)
+    model: MonitoringView = MODELS[view].model_validate(found)  # type: ignore[assignment]
+    return model
 
 
 # -- the summary ---------------------------------------------------------------------------------

@@ -8,13 +8,15 @@ from app.backup.router import IdempotencyKey
 from app.dependencies import Admin, BackupId, Operator, ServicesDep, TargetName, known_target
 from app.jobs.schemas import Job
 from app.restore import requests
-from app.restore.schemas import RestoreRequest, VerifyRequest
+from app.restore.schemas import RESTORE_EXAMPLES, VERIFY_EXAMPLES, RestoreRequest, VerifyRequest
 
 router = APIRouter(prefix="/v1/targets", tags=["restores"])
 
 
 @router.post("/{target}/restores", response_model=Job, status_code=202)
-async def start_restore(target: TargetName, body: RestoreRequest, services: ServicesDep,
+async def start_restore(target: TargetName,
+                        body: Annotated[RestoreRequest, Body(openapi_examples=RESTORE_EXAMPLES)],
+                        services: ServicesDep,
                         caller: Admin, response: Response,
                         idempotency_key: IdempotencyKey = None) -> Job:
     """Restore an archive into a new database (default) or in place; the result has a checklist."""
@@ -27,7 +29,8 @@ async def start_restore(target: TargetName, body: RestoreRequest, services: Serv
 @router.post("/{target}/archives/{backup_id}/verify", response_model=Job, status_code=202)
 async def start_verify(target: TargetName, backup_id: BackupId, services: ServicesDep,
                        caller: Operator, response: Response,
-                       body: Annotated[VerifyRequest | None, Body()] = None,
+                       body: Annotated[VerifyRequest | None,
+                                       Body(openapi_examples=VERIFY_EXAMPLES)] = None,
                        idempotency_key: IdempotencyKey = None) -> Job:
     """Verify an archive: checksum (hash, decrypt, TOC) or restore (into a scratch database)."""
     job = await requests.start_verify(services, caller, known_target(services, target), backup_id,

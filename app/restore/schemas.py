@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,4 +26,38 @@ class RestoreRequest(BaseModel):
 
 class VerifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    level: Literal["checksum", "restore"] = "checksum"
+    level: Literal["checksum", "restore"] = Field(
+        "checksum", description="checksum: hash, decrypt, table of contents; restore: restore "
+        "into a scratch database and compare row counts")
+
+
+# Swagger's "Try it out" sends the first example as is. Without one it invents every field from
+# its pattern: a random database name, a confirm of "string". So the first example is only a
+# backup id, well formed but matching no archive (404) until a real one from listArchives is
+# typed in; where the others show a database or confirm, it is a placeholder that fails
+# validation (422), never a name that would be used.
+RESTORE_EXAMPLES: dict[str, Any] = {
+    "new_database": {
+        "summary": "into a new database named by pgvault (<target>_restore_<time>)",
+        "description": "Replace backup_id with one from listArchives. The original database "
+                       "is not touched.",
+        "value": {"backup_id": "20261124T151600Z-k3x9a2"},
+    },
+    "new_database_named": {
+        "summary": "into a new database you name, as a severity-1 incident",
+        "value": {"backup_id": "20261124T151600Z-k3x9a2", "database": "<new database name>",
+                  "severity": 1},
+    },
+    "in_place": {
+        "summary": "in place: replaces the target's data (admin; repeat the target's name)",
+        "value": {"backup_id": "20261124T151600Z-k3x9a2", "mode": "in_place",
+                  "confirm": "<the target's name>"},
+    },
+}
+
+VERIFY_EXAMPLES: dict[str, Any] = {
+    "checksum": {"summary": "hash, decrypt and read the table of contents",
+                 "value": {"level": "checksum"}},
+    "restore": {"summary": "restore into a scratch database and compare row counts",
+                "value": {"level": "restore"}},
+}

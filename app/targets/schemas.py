@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LastBackup(BaseModel):
@@ -22,6 +22,17 @@ class Schedule(BaseModel):
 
 
 class TargetStatus(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "demo", "dsn": "postgresql://backup:***@db1.internal:5432/pagila",
+        "database": "pagila",
+        "last_backup": {"backup_id": "20261124T000012Z-k3x9a2",
+                        "job_id": "0b9f3c1e-6a57-4d0e-9a51-3f4e2b8c7d10",
+                        "finished_at": "2026-11-24T00:01:05.512Z", "size_bytes": 2957312,
+                        "age_s": 52311.4},
+        "rpo_hours": 24.0, "rpo_ok": True, "retention_days": 90, "retention_min_backups": 7,
+        "exclude_schemas": [],
+        "schedules": {"backup": {"cron": "0 0 * * *", "next_run": "2026-11-25T00:00:00Z"}}}]})
+
     name: str
     dsn: str = Field(description="the DSN with its password redacted")
     database: str

@@ -1,0 +1,204 @@
+"""What a finished job's ``result`` holds, per kind: the OpenAPI document's typed description.
+
+The runner stores each command's result dict as is (SPEC 4 names its fields, so the JSON is a
+contract and no model may rename, drop or add to it). These models describe those dicts for
+client generators; ``Job.result`` carries their union as its schema, and tests validate real
+results against them (``extra="forbid"``), so the description cannot drift from the data.
+A queued or running job has ``{}``; a failed one ``FailedResult``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
+
+from app.config import BACKUP_ID_RE
+
+BackupIdStr = Annotated[str, Field(pattern=BACKUP_ID_RE.pattern,
+                                   examples=["20261124T151600Z-k3x9a2"])]
+PhaseDurations = Annotated[dict[str, float], Field(
+    description="seconds spent in each phase",
+    examples=[{"queued": 0.2, "dump": 41.2, "manifest": 0.1}])]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoredObject(_Model):
+    key: str = Field(description="relative to the archive folder",
+                     examples=["database.dump.zst.gpg"])
+    size_bytes: int
+    sha256: str
+
+
+class BackupResult(_Model):
+    """A succeeded backup."""
+
+    backup_id: BackupIdStr
+    size_bytes: int = Field(description="bytes stored, all objects")
+    database_size_bytes: int = Field(description="pg_database_size at the snapshot")
+    duration_s: float
+    tables: int = Field(description="tables recorded in the manifest")
+    rows: int = Field(description="rows counted in the snapshot, all tables")
+    objects: list[StoredObject]
+    label: str | None
+    phase_durations_s: PhaseDurations
+
+
+class IndexRef(_Model):
+    schema_: str = Field(alias="schema")
+    name: str
+    table: str
+
+
+class RowMismatch(_Model):
+    schema_: str = Field(alias="schema")
+    name: str
+    expected: int
+    found: int | None = Field(description="null when the table did not come back")
+    error: str | None = Field(description="'missing' when the table did not come back")
+
+
+class RowCounts(_Model):
+    tables_checked: int
+    mismatches: list[RowMismatch]
+    ok: bool
+
+
+class RefreshedView(_Model):
+    name: str = Field(description="schema-qualified, quoted as needed")
+    concurrently: bool
+    duration_s: float
+
+
+class AnalyzeStep(_Model):
+    done: bool
+    tables_analyzed: int | None = None
+    duration_s: float | None = None
+
+
+class GlobalsOutcome(_Model):
+    created: list[str]
+    skipped_existing: list[str]
+    login_roles: list[str]
+
+
+class RestoreChecklist(_Model):
+    """The runbook's post-restore steps; a step that failed is named in ``errors``."""
+
+    analyze: AnalyzeStep
+    materialized_views_refreshed: list[RefreshedView]
+    row_counts: RowCounts
+    invalid_indexes: list[IndexRef]
+    unvalidated_constraints: list[IndexRef]
+    subscriptions_to_enable: list[str]
+    errors: list[str]
+    roles_to_reset_password: list[str] = Field(
+        description="restored login roles: they have no password (dumped without)")
+    globals: GlobalsOutcome | None = Field(description="null unless include_globals")
+
+
+class RestoreResult(_Model):
+    """A succeeded restore."""
+
+    backup_id: BackupIdStr
+    mode: Literal["new_database", "in_place"]
+    database: str
+    duration_s: float
+    severity: Literal[1, 2, 3]
+    rto_hours: float
+    rto_met: bool = Field(description="duration_s within the severity's RTO")
+    rows_match: bool
+    checklist: RestoreChecklist
+    phase_durations_s: PhaseDurations
+
+
+class VerifyResult(_Model):
+    """A succeeded verification; the restore level adds the scratch database's checks."""
+
+    backup_id: BackupIdStr
+    level: Literal["checksum", "restore"]
+    objects_checked: int
+    toc_entries: int
+    scratch_database: str | None = Field(None, description="restore level only; dropped after")
+    row_counts: RowCounts | None = Field(None, description="restore level only")
+    invalid_indexes: list[IndexRef] | None = Field(None, description="restore level only")
+    unvalidated_constraints: list[IndexRef] | None = Field(None,
+                                                           description="restore level only")
+    duration_s: float
+    phase_durations_s: PhaseDurations
+
+
+class RetentionDecision(_Model):
+    backup_id: str
+    reason: str = Field(examples=["older than 90 days"])
+
+
+class AbortedUpload(_Model):
+    key: str
+    started: str = Field(description="ISO 8601 time the multipart upload began")
+
+
+class RetentionResult(_Model):
+    """A succeeded retention run (or dry run: what would be deleted)."""
+
+    dry_run: bool
+    deleted: list[RetentionDecision]
+    kept: list[RetentionDecision]
+    uploads_aborted: list[AbortedUpload]
+    retention_days: int
+    retention_min_backups: int
+    phase_durations_s: PhaseDurations
+
+
+class MaintenanceResult(_Model):
+    """A succeeded maintenance task: analyze fills the counts, the refresh its view list."""
+
+    task: Literal["analyze", "refresh_materialized_views"]
+    tables_analyzed: int | None = Field(None, description="analyze only")
+    duration_s: float | None = Field(None, description="analyze only")
+    materialized_views: list[RefreshedView] | None = Field(
+        None, description="refresh_materialized_views only")
+    phase_durations_s: PhaseDurations
+
+
+class FailedResult(_Model):
+    """A failed or cancelled job: the step that failed, when one did (the error says why)."""
+
+    failed_step: str | None = Field(None, examples=["pg_dump"])
+    # Absent when the job never ran (cancelled while queued, or failed by the reaper).
+    phase_durations_s: PhaseDurations = Field(default_factory=dict)
+
+
+class PendingResult(_Model):
+    """A queued or running job: ``{}``."""
+
+
+BY_KIND: dict[str, type[BaseModel]] = {
+    "backup": BackupResult, "restore": RestoreResult, "verify": VerifyResult,
+    "retention": RetentionResult, "maintenance": MaintenanceResult,
+}
+MODELS: tuple[type[BaseModel], ...] = (*BY_KIND.values(), FailedResult, PendingResult)
+
+_UNION = TypeAdapter(BackupResult | RestoreResult | VerifyResult | RetentionResult
+                     | MaintenanceResult | FailedResult | PendingResult)
+_SCHEMA = _UNION.json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+# Schemas of the models above and their parts, for the OpenAPI document's components.
+COMPONENTS: dict[str, Any] = _SCHEMA.pop("$defs")
+
+# The runtime value stays the stored dict, byte for byte; the schema is the union above.
+JobResult = Annotated[dict[str, Any], WithJsonSchema({
+    **_SCHEMA, "description": "per kind: BackupResult, RestoreResult, VerifyResult, "
+    "RetentionResult or MaintenanceResult once succeeded; FailedResult once failed or "
+    "cancelled; {} while queued or running"})]
+
+
+def validate(kind: str, status: str, result: dict[str, Any]) -> BaseModel:
+    """The model that describes this job's result, validated (tests use it to hold the line)."""
+    if status == "succeeded":
+        return BY_KIND[kind].model_validate(result)
+    if status in ("failed", "cancelled"):
+        return FailedResult.model_validate(result)
+    return PendingResult.model_validate(result)
