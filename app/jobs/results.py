@@ -20,6 +20,9 @@ BackupIdStr = Annotated[str, Field(pattern=BACKUP_ID_RE.pattern,
 PhaseDurations = Annotated[dict[str, float], Field(
     description="seconds spent in each phase",
     examples=[{"queued": 0.2, "dump": 41.2, "manifest": 0.1}])]
+ToolsUsed = Annotated[dict[str, str], Field(
+    description="the PostgreSQL client programs this job chose for its server, with versions",
+    examples=[{"pg_dump": "15.19", "pg_dumpall": "15.19"}])]
 
 
 class _Model(BaseModel):
@@ -44,6 +47,7 @@ class BackupResult(_Model):
     rows: int = Field(description="rows counted in the snapshot, all tables")
     objects: list[StoredObject]
     label: str | None
+    tools: ToolsUsed
     phase_durations_s: PhaseDurations
 
 
@@ -112,6 +116,7 @@ class RestoreResult(_Model):
     rto_met: bool = Field(description="duration_s within the severity's RTO")
     rows_match: bool
     checklist: RestoreChecklist
+    tools: ToolsUsed
     phase_durations_s: PhaseDurations
 
 
@@ -128,6 +133,7 @@ class VerifyResult(_Model):
     unvalidated_constraints: list[IndexRef] | None = Field(None,
                                                            description="restore level only")
     duration_s: float
+    tools: ToolsUsed
     phase_durations_s: PhaseDurations
 
 
