@@ -51,8 +51,16 @@ def pg_dump_stage(dsn: PgDsn, *, snapshot: str, lock_wait_timeout_s: int,
                   exclude_schemas: list[str]) -> Stage:
     argv = ["pg_dump", "--format=custom", "--compress=0", "--no-password",
             f"--snapshot={snapshot}", f"--lock-wait-timeout={lock_wait_timeout_s}s"]
-    argv += [f"--exclude-schema={name}" for name in exclude_schemas]
+    # Each name as a quoted pattern: matched exactly, as the manifest's facts match it (unquoted,
+    # pg_dump would fold "Sales" to sales and read "*", "?" and "." as wildcards and separators).
+    argv += [f"--exclude-schema={exact_pattern(name)}" for name in exclude_schemas]
     return Stage("pg_dump", argv, env=dsn.libpq_env())
+
+
+def exact_pattern(name: str) -> str:
+    """A pg_dump name pattern that matches ``name`` and nothing else: inside double quotes a
+    pattern's characters are literal (``""`` stands for one ``"``)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def pg_dumpall_globals_stage(dsn: PgDsn) -> Stage:
@@ -99,12 +107,12 @@ def pg_restore_script_stage(dump: Path) -> Stage:
                  ["pg_restore", "--single-transaction", "--file=-", "--", str(dump)])
 
 
-def pg_restore_selection_stage(dump: Path, selection: Path, *, clean: bool = False) -> Stage:
-    """The SQL of just the table-of-contents entries listed in ``selection`` (no connection);
-    with ``clean``, led by their ``DROP ... IF EXISTS`` statements."""
-    argv = ["pg_restore", f"--use-list={selection}", "--file=-"]
-    if clean:
-        argv += ["--clean", "--if-exists"]
+def pg_restore_selection_stage(dump: Path, selection: Path) -> Stage:
+    """The SQL of just the table-of-contents entries listed in ``selection`` (no connection),
+    without owners, privileges or comments: for large objects, nothing but their ``lo_create``
+    calls, no name that anyone chose."""
+    argv = ["pg_restore", f"--use-list={selection}", "--file=-", "--no-owner",
+            "--no-privileges", "--no-comments"]
     return Stage("pg_restore --use-list", [*argv, "--", str(dump)])
 
 

@@ -28,5 +28,7 @@ async def drop(conn: Any, name: str) -> None:
     await conn.execute("DROP DATABASE IF EXISTS " + quoted + " WITH (FORCE)")
 
 
-async def roles(conn: Any) -> set[str]:
-    return {r["rolname"] for r in await conn.fetch("SELECT rolname FROM pg_roles")}
+async def roles(conn: Any) -> list[tuple[str, str, bool]]:
+    """Every role: its name, its name as the server quotes it, and whether it can log in."""
+    return [(r[0], r[1], r[2]) for r in await conn.fetch(
+        "SELECT rolname, quote_ident(rolname), rolcanlogin FROM pg_roles ORDER BY 1")]

@@ -23,6 +23,7 @@ rather than vanish with CASCADE.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -41,6 +42,26 @@ if TYPE_CHECKING:
 PRELUDE_SQL = """
 SELECT coalesce(string_agg(format('DROP SCHEMA IF EXISTS %I CASCADE;', s), E'\\n'), '')
 FROM unnest($1::text[]) AS s"""
+
+# The archive's schema-less objects (app/backup/facts.py), each dropped if present, by a statement
+# the target's server quotes; in the manifest's order (dependents first).
+SCHEMALESS_DROP_SQL = """
+SELECT coalesce(string_agg(CASE o->>'type'
+    WHEN 'event trigger' THEN format('DROP EVENT TRIGGER IF EXISTS %I;', n[1])
+    WHEN 'publication' THEN format('DROP PUBLICATION IF EXISTS %I;', n[1])
+    WHEN 'user mapping' THEN format('DROP USER MAPPING IF EXISTS FOR %s SERVER %I;',
+                                    coalesce(quote_ident(n[1]), 'PUBLIC'), n[2])
+    WHEN 'server' THEN format('DROP SERVER IF EXISTS %I;', n[1])
+    WHEN 'foreign-data wrapper' THEN format('DROP FOREIGN DATA WRAPPER IF EXISTS %I;', n[1])
+    WHEN 'cast' THEN format('DROP CAST IF EXISTS (%I.%I AS %I.%I);', n[1], n[2], n[3], n[4])
+    WHEN 'transform' THEN format('DROP TRANSFORM IF EXISTS FOR %I.%I LANGUAGE %I;',
+                                 n[1], n[2], n[3])
+    WHEN 'access method' THEN format('DROP ACCESS METHOD IF EXISTS %I;', n[1])
+    END, E'\\n' ORDER BY e.ord), '')
+FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(o, ord)
+CROSS JOIN LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(o->'names')) AS n) AS names"""
+SCHEMALESS_TYPES = frozenset({"event trigger", "publication", "user mapping", "server",
+                              "foreign-data wrapper", "cast", "transform", "access method"})
 
 # Everything outside the archive's schemas that CASCADE would silently take with them: views,
 # foreign keys, columns of their types or domains, defaults using their sequences, triggers and
@@ -75,75 +96,68 @@ CROSS JOIN LATERAL (SELECT CASE d.classid
 WHERE owner.nsp IS NOT NULL AND owner.nsp NOT IN (SELECT oid FROM archive)
 ORDER BY 1"""
 
-# What CREATE DATABASE gives public, which dumps never create (PostgreSQL 15 and later).
+# What CREATE DATABASE gives public, which dumps never create and whose defaults (owner, ACL,
+# comment) they leave out: recreated as template0 has it, the dump's own statements then bring the
+# source's differences (PostgreSQL 15 and later).
 PUBLIC_15 = ("CREATE SCHEMA public AUTHORIZATION pg_database_owner;\n"
-             "GRANT USAGE ON SCHEMA public TO PUBLIC;\n")
-PUBLIC_OLD = "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n"
+             "GRANT USAGE ON SCHEMA public TO PUBLIC;\n"
+             "COMMENT ON SCHEMA public IS 'standard public schema';\n")
+PUBLIC_OLD = ("CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n"
+              "COMMENT ON SCHEMA public IS 'standard public schema';\n")
 
-
-def toc_entries(toc: str, *kinds: str) -> list[tuple[str, str]]:
-    """``(line, description)`` of each ``pg_restore --list`` entry of one of ``kinds`` with no
-    schema: the description is what follows the two OIDs (``<id>; <oid> <oid> KIND - name ...``).
-    """
-    found = []
-    for line in toc.splitlines():
-        parts = line.split(None, 3)
-        if not line.startswith(";") and len(parts) == 4 and parts[3].startswith(
-                tuple(f"{kind} - " for kind in kinds)):
-            found.append((line, parts[3]))
-    return found
-
-
-def dump_schemas(toc: str) -> list[str]:
-    """Schemas a dump creates (``SCHEMA - name owner``)."""
-    return [desc.split()[2] for _, desc in toc_entries(toc, "SCHEMA")]
+# pg_restore --no-owner writes exactly this line for each of the selected large objects: no
+# other text of the dump (an owner's name could hold anything) reaches the selected script.
+_LO_CREATE = re.compile(rb"^SELECT pg_catalog\.lo_create\('(\d+)'\);$", re.MULTILINE)
 
 
 def large_object_entries(toc: str) -> list[str]:
     """The entries of a dump's large objects: one ``BLOB - <oid>`` each up to pg_dump 16,
-    ``BLOB METADATA - <first>..<last>`` groups from 17 on (a range, not a list)."""
-    return [line for line, _ in toc_entries(toc, "BLOB", "BLOB METADATA")]
+    ``BLOB METADATA - <first>..<last>`` groups from 17 on (a range, not a list). Chosen by
+    their type only; the lines go back to pg_restore as they came, no name read from them."""
+    found = []
+    for line in toc.splitlines():
+        parts = line.split(None, 3)
+        if not line.startswith(";") and len(parts) == 4 and parts[3].startswith(
+                ("BLOB - ", "BLOB METADATA - ")):
+            found.append(line)
+    return found
 
 
-# Objects of a dump that live in no schema, so DROP SCHEMA leaves them, and that pg_dump writes
-# with a plain CREATE (extensions come with IF NOT EXISTS; casts, event triggers and the like that
-# use an archive schema's types or functions go with it anyway).
-OUTSIDE_SCHEMA_TYPES = ("PUBLICATION", "EVENT TRIGGER", "SERVER", "FOREIGN DATA WRAPPER",
-                        "USER MAPPING", "CAST")
+def archive_schemas(doc: dict[str, Any]) -> list[str]:
+    """The schemas the archive holds, as read from the catalog in the backup's snapshot."""
+    if "schemas" not in doc:
+        raise StepFailed("restore in place", f"archive {doc.get('backup_id')} predates the "
+                         "schema list in its manifest, so what an in-place restore would "
+                         "replace is not known exactly; restore it into a new database "
+                         "(mode new_database) instead")
+    return sorted(s["name"] for s in doc["schemas"])
 
 
-def outside_schema_entries(toc: str) -> list[str]:
-    """The entries of objects in :data:`OUTSIDE_SCHEMA_TYPES`."""
-    return [line for line, _ in toc_entries(toc, *OUTSIDE_SCHEMA_TYPES)]
+def archive_schemaless_objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    objects: list[dict[str, Any]] = doc.get("schemaless_objects") or []
+    if unknown := {str(o.get("type")) for o in objects} - SCHEMALESS_TYPES:
+        raise StepFailed("restore in place", "the manifest names schema-less objects of an "
+                         f"unknown type ({', '.join(sorted(unknown))})")
+    return objects
 
 
-async def _selected_script(dump: Path, entries: list[str], name: str, *,
-                           clean: bool = False) -> bytes:
-    """The SQL pg_restore writes for just ``entries`` of the dump (with ``clean``, its
-    ``DROP ... IF EXISTS`` statements first)."""
-    selection = dump.with_name(f"{name}.list")
+async def _large_objects_sql(dump: Path, toc: str) -> str:
+    """Unlink the present versions of the archive's large objects: exactly its OIDs, from the
+    ``lo_create`` calls pg_restore writes for them."""
+    entries = large_object_entries(toc)
+    if not entries:
+        return ""
+    selection = dump.with_name("large-objects.list")
     await asyncio.to_thread(selection.write_text, "\n".join(entries) + "\n")
     try:
-        return await run(pg_tools.pg_restore_selection_stage(dump, selection, clean=clean))
+        script = await run(pg_tools.pg_restore_selection_stage(dump, selection))
     except PipelineError as exc:
         raise StepFailed("pg_restore --use-list", str(exc)) from None
-
-
-async def _cleanup_outside_schemas(dump: Path, toc: str) -> str:
-    """What must go before the dump recreates them: the present versions of its large objects
-    (exactly its OIDs, from the ``lo_create`` calls pg_restore writes for them) and of its
-    schema-less objects (pg_restore --clean's own DROP statements for them)."""
-    sql = ""
-    if entries := large_object_entries(toc):
-        script = await _selected_script(dump, entries, "large-objects")
-        if oids := sorted({int(o) for o in re.findall(rb"lo_create\('(\d+)'\)", script)}):
-            sql += ("SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata "
-                    f"WHERE oid = ANY('{{{','.join(map(str, oids))}}}'::oid[]);\n")
-    if entries := outside_schema_entries(toc):
-        script = await _selected_script(dump, entries, "outside-schemas", clean=True)
-        sql += "".join(line + "\n" for line in script.decode().splitlines()
-                       if line.startswith("DROP ") and " IF EXISTS " in line)
-    return sql
+    oids = sorted({int(o) for o in _LO_CREATE.findall(script)})
+    if not oids:
+        return ""
+    return ("SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata "
+            f"WHERE oid = ANY('{{{','.join(map(str, oids))}}}'::oid[]);\n")
 
 
 async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
@@ -153,13 +167,13 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
         toc = (await run(pg_tools.pg_restore_list_stage(dump))).decode()
     except PipelineError as exc:
         raise StepFailed("pg_restore --list", str(exc)) from None
-    schemas = sorted(set(dump_schemas(toc))
-                     | {t["schema"] for t in doc.get("tables") or []}
-                     | {m["schema"] for m in doc.get("materialized_views") or []})
+    schemas = archive_schemas(doc)
+    objects = archive_schemaless_objects(doc)
     conn = await connect_target(dsn)
     try:
         dependents = [r["name"] for r in await conn.fetch(DEPENDENTS_SQL, schemas)]
         prelude: str = await conn.fetchval(PRELUDE_SQL, schemas)
+        schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(objects))
         version = int(await conn.fetchval("SHOW server_version_num"))
     finally:
         await conn.close()
@@ -170,8 +184,10 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     if "public" in schemas:
         prelude += "\n" + (PUBLIC_15 if version >= 150000 else PUBLIC_OLD)
     # After the schemas: a server that an archive's foreign table uses can go only then (one
-    # that an outside foreign table uses makes the restore fail, and roll back).
-    prelude += "\n" + await _cleanup_outside_schemas(dump, toc)
+    # that an outside foreign table uses makes the restore fail, and roll back). The statements
+    # were built and quoted by the source server in the backup's snapshot.
+    prelude += "\n" + schemaless + "\n"
+    prelude += await _large_objects_sql(dump, toc)
     timeout_s = int(ctx.services.settings.lock_wait_timeout_s)
     head = f"SET lock_timeout = '{timeout_s}s';\nBEGIN;\n{prelude}\n"
     await _run_in_one_transaction(dsn, dump, head)

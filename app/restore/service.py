@@ -33,7 +33,7 @@ from app.integrations.target_db import connect_target
 from app.maintenance import tasks as maintenance
 from app.restore import checks, databases, fetch
 from app.restore import globals as globals_
-from app.restore.in_place import replace_in_place
+from app.restore.in_place import archive_schemas, replace_in_place
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -67,7 +67,7 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path) -> dict[st
     await ctx.set_phase("globals")
     conn = await connect_target(dsn)
     try:
-        existing = await databases.roles(conn)
+        existing = {name: quoted for name, quoted, _ in await databases.roles(conn)}
     finally:
         await conn.close()
     script = await asyncio.to_thread(sql_file.read_text)
@@ -78,8 +78,12 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path) -> dict[st
         await run(pg_tools.psql_stage(dsn, dsn.database, filtered, single_transaction=True))
     except PipelineError as exc:
         raise StepFailed("globals", str(exc)) from None
-    return {"created": plan.created, "skipped_existing": plan.skipped,
-            "login_roles": plan.login_roles}
+    conn = await connect_target(dsn)
+    try:  # what the script created, as the server names it now
+        created, login = globals_.created_roles(plan.sql, await databases.roles(conn), existing)
+    finally:
+        await conn.close()
+    return {"created": created, "skipped_existing": plan.skipped, "login_roles": login}
 
 
 async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
@@ -129,6 +133,8 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     database = dsn.database if in_place else params["database"]
     severity = int(params.get("severity") or 2)
     doc = await _manifest(ctx)
+    if in_place:
+        archive_schemas(doc)  # an archive that cannot be restored in place: say so before fetching
     created = False
     roles: dict[str, Any] = {"created": [], "skipped_existing": [], "login_roles": []}
 
