@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -74,7 +74,8 @@ class PgDsn(BaseModel):
             port = parts.port or 5432
         except ValueError:
             raise ValueError("has an invalid port") from None
-        database = parts.path.lstrip("/")
+        # Percent-escapes decoded, as libpq decodes them: "my%20db" names the database "my db".
+        database = unquote(parts.path.lstrip("/"))
         if not database:
             raise ValueError("names no database (postgresql://user@host:port/dbname)")
         if len(database.encode()) > 63:
@@ -99,7 +100,8 @@ class PgDsn(BaseModel):
     def redacted(self) -> str:
         auth = self.user + (":***" if self.password else "")
         query = "&".join(f"{k}={v}" for k, v in self.params.items())
-        return f"postgresql://{auth}@{self.host}:{self.port}/{self.database}" + (
+        database = quote(self.database, safe="")  # back to a URL: "my db" is my%20db
+        return f"postgresql://{auth}@{self.host}:{self.port}/{database}" + (
             f"?{query}" if query else ""
         )
 

@@ -233,3 +233,13 @@ def test_large_object_entries_of_pg_dump_15_and_17() -> None:
 """
     assert [line.split(";")[0] for line in large_object_entries(toc)] == ["3341", "3342",
                                                                          "4102"]
+
+
+def test_a_dsn_names_its_database_as_libpq_does() -> None:
+    """Percent-escapes are decoded (libpq decodes them): my%20db is the database "my db"."""
+    dsn = PgDsn.parse("postgresql://app@db:5432/pgv%20Names%20%22%C3%9C%22.db")
+    assert dsn.database == 'pgv Names "Ü".db'
+    assert dsn.libpq_env()["PGDATABASE"] == 'pgv Names "Ü".db'
+    assert PgDsn.parse(dsn.redacted()).database == dsn.database
+    with pytest.raises(ValueError):
+        PgDsn.parse("postgresql://app@db/%2Dopt")  # a leading dash, however it is written
