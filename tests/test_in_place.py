@@ -305,19 +305,38 @@ async def test_in_place_brings_public_back_as_the_source_had_it(make_settings: A
     assert "COMMENT ON SCHEMA public IS 'our public';" in source
 
 
-async def test_in_place_refuses_an_archive_without_its_schema_list(make_settings: Any, s3: Any,
-                                                                   bucket: str) -> None:
-    """An archive from before the manifest listed its schemas: nothing says exactly what an
-    in-place restore would replace, so it refuses (a new database still works)."""
+async def test_in_place_of_an_archive_without_its_schema_list(make_settings: Any, s3: Any,
+                                                              bucket: str) -> None:
+    """An archive from before the manifest listed its schemas: the server names them (from a
+    scratch database); one that also holds schema-less objects is refused, a new database
+    still works."""
     db, settings = await plain_target(make_settings, "oldip", 100)
-    async with running_app(settings) as c:
-        job = await backup(c, "oldip")
-        bid = job["result"]["backup_id"]
+    settings.targets["oldip"].exclude_schemas.append("sales")
+    psql(db, "-c", "DROP VIEW public.v; ALTER TABLE sales.orders DROP CONSTRAINT orders_t_id_fkey; "
+                   'CREATE SCHEMA "sales archive"; '
+                   'CREATE TABLE "sales archive".orders AS SELECT * FROM sales.orders')
+
+    async def old_backup(c: Any) -> str:
+        bid: str = (await backup(c, "oldip"))["result"]["backup_id"]
         key = f"archives/oldip/{bid}/manifest.json"
         doc = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         del doc["schemas"], doc["schemaless_objects"]
         s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(doc).encode())
-        psql(db, "-c", "DELETE FROM sales.orders")
+        return bid
+
+    async with running_app(settings) as c:
+        bid = await old_backup(c)
+        psql(db, "-c", "INSERT INTO sales.orders VALUES (1000, 1); "
+                       'DELETE FROM "sales archive".orders')
+        done = await restore(c, "oldip", {"backup_id": bid, "mode": "in_place",
+                                          "confirm": "oldip"})
+        assert done["status"] == "succeeded", done["error"]
+        after = await fingerprint(db)
+        assert after["sales.orders"][0] == 101 and after['"sales archive".orders'][0] == 100
+
+        psql(db, "-c", "CREATE ACCESS METHOD heap2 TYPE TABLE HANDLER heap_tableam_handler")
+        bid = await old_backup(c)
+        psql(db, "-c", "DELETE FROM public.t")
         before = await fingerprint(db)
         done = await restore(c, "oldip", {"backup_id": bid, "mode": "in_place",
                                           "confirm": "oldip"})
@@ -326,3 +345,13 @@ async def test_in_place_refuses_an_archive_without_its_schema_list(make_settings
         assert await fingerprint(db) == before
         copy = await restore(c, "oldip", {"backup_id": bid, "database": f"{PREFIX}_oldcopy"})
     assert copy["status"] == "succeeded", copy["error"]
+    assert await scratch_names() == []
+
+
+async def scratch_names() -> list[str]:
+    conn = await admin_conn()
+    try:
+        return [r[0] for r in await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'pgvault\\_names\\_%'")]
+    finally:
+        await conn.close()

@@ -83,6 +83,21 @@ def pg_restore_list_stage(dump: Path) -> Stage:
     return Stage("pg_restore --list", ["pg_restore", "--list", "--", str(dump)])
 
 
+def toc_entries(toc: str, *kinds: str) -> list[str]:
+    """The lines of ``pg_restore --list`` output (``<id>; <oid> <oid> KIND schema name owner``)
+    of the entries of one of ``kinds`` that have no schema (``KIND - ...``), unchanged, for
+    ``--use-list``. Chosen by their type, which pg_dump writes first; no name is read from them
+    (pg_restore writes a newline in a name as a space, so a name cannot start a line).
+    """
+    starts = tuple(f"{kind} - " for kind in kinds)
+    found = []
+    for line in toc.splitlines():
+        parts = line.split(None, 3)
+        if not line.startswith(";") and len(parts) == 4 and parts[3].startswith(starts):
+            found.append(line)
+    return found
+
+
 def pg_restore_stage(dsn: PgDsn, database: str, dump: Path, *, jobs: int) -> Stage:
     """Restore into an existing (new, empty) database, ``jobs`` at a time."""
     argv = ["pg_restore", "--no-password", "--exit-on-error"]
@@ -114,6 +129,16 @@ def pg_restore_selection_stage(dump: Path, selection: Path) -> Stage:
     argv = ["pg_restore", f"--use-list={selection}", "--file=-", "--no-owner",
             "--no-privileges", "--no-comments"]
     return Stage("pg_restore --use-list", [*argv, "--", str(dump)])
+
+
+def pg_restore_definitions_stage(dsn: PgDsn, database: str, dump: Path,
+                                 selection: Path) -> Stage:
+    """Restore just the entries listed in ``selection`` into ``database``, without owners,
+    privileges or comments (a scratch database, to read names back from its catalog)."""
+    argv = ["pg_restore", "--no-password", "--exit-on-error", "--no-owner", "--no-privileges",
+            "--no-comments", f"--use-list={selection}",
+            f"--dbname={conninfo_dbname(database)}", "--", str(dump)]
+    return Stage("pg_restore --use-list", argv, env=dsn.libpq_env(database))
 
 
 def psql_stage(dsn: PgDsn, database: str, sql_file: Path | None, *,

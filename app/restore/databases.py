@@ -15,10 +15,12 @@ async def create(conn: Any, name: str, *, encoding: str | None = None,
     """An empty database from template0, with the source's encoding and locale when known
     (pg_restore needs template0: template1 may hold objects of its own)."""
     sql = await conn.fetchval(
+        # quote_literal(NULL) is NULL, so an unknown setting drops out (format's %L would
+        # write NULL).
         """SELECT format('CREATE DATABASE %I TEMPLATE template0', $1::text)
-                  || coalesce(format(' ENCODING %L', $2::text), '')
-                  || coalesce(format(' LC_COLLATE %L', $3::text), '')
-                  || coalesce(format(' LC_CTYPE %L', $4::text), '')""",
+                  || coalesce(' ENCODING ' || quote_literal($2::text), '')
+                  || coalesce(' LC_COLLATE ' || quote_literal($3::text), '')
+                  || coalesce(' LC_CTYPE ' || quote_literal($4::text), '')""",
         name, encoding, collate, ctype)
     await conn.execute(sql)
 

@@ -35,6 +35,7 @@ from app.errors import StepFailed
 from app.integrations import pg_tools
 from app.integrations.process import Pipeline, PipelineError, PipeWriter, run
 from app.integrations.target_db import connect_target
+from app.restore import old_archives
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -112,24 +113,15 @@ _LO_CREATE = re.compile(rb"^SELECT pg_catalog\.lo_create\('(\d+)'\);$", re.MULTI
 
 def large_object_entries(toc: str) -> list[str]:
     """The entries of a dump's large objects: one ``BLOB - <oid>`` each up to pg_dump 16,
-    ``BLOB METADATA - <first>..<last>`` groups from 17 on (a range, not a list). Chosen by
-    their type only; the lines go back to pg_restore as they came, no name read from them."""
-    found = []
-    for line in toc.splitlines():
-        parts = line.split(None, 3)
-        if not line.startswith(";") and len(parts) == 4 and parts[3].startswith(
-                ("BLOB - ", "BLOB METADATA - ")):
-            found.append(line)
-    return found
+    ``BLOB METADATA - <first>..<last>`` groups from 17 on (a range, not a list)."""
+    return pg_tools.toc_entries(toc, "BLOB", "BLOB METADATA")
 
 
-def archive_schemas(doc: dict[str, Any]) -> list[str]:
-    """The schemas the archive holds, as read from the catalog in the backup's snapshot."""
+def archive_schemas(doc: dict[str, Any]) -> list[str] | None:
+    """The schemas the archive holds, as read from the catalog in the backup's snapshot (None
+    for an archive from before the manifest listed them)."""
     if "schemas" not in doc:
-        raise StepFailed("restore in place", f"archive {doc.get('backup_id')} predates the "
-                         "schema list in its manifest, so what an in-place restore would "
-                         "replace is not known exactly; restore it into a new database "
-                         "(mode new_database) instead")
+        return None
     return sorted(s["name"] for s in doc["schemas"])
 
 
@@ -168,6 +160,8 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     except PipelineError as exc:
         raise StepFailed("pg_restore --list", str(exc)) from None
     schemas = archive_schemas(doc)
+    if schemas is None:
+        schemas = await old_archives.schemas_from_server(ctx, dsn, dump, toc, doc)
     objects = archive_schemaless_objects(doc)
     conn = await connect_target(dsn)
     try:
@@ -184,8 +178,8 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     if "public" in schemas:
         prelude += "\n" + (PUBLIC_15 if version >= 150000 else PUBLIC_OLD)
     # After the schemas: a server that an archive's foreign table uses can go only then (one
-    # that an outside foreign table uses makes the restore fail, and roll back). The statements
-    # were built and quoted by the source server in the backup's snapshot.
+    # that an outside foreign table uses makes the restore fail, and roll back). Named by the
+    # manifest, quoted by the target's server.
     prelude += "\n" + schemaless + "\n"
     prelude += await _large_objects_sql(dump, toc)
     timeout_s = int(ctx.services.settings.lock_wait_timeout_s)

@@ -33,7 +33,7 @@ from app.integrations.target_db import connect_target
 from app.maintenance import tasks as maintenance
 from app.restore import checks, databases, fetch
 from app.restore import globals as globals_
-from app.restore.in_place import archive_schemas, replace_in_place
+from app.restore.in_place import replace_in_place
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -133,8 +133,6 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     database = dsn.database if in_place else params["database"]
     severity = int(params.get("severity") or 2)
     doc = await _manifest(ctx)
-    if in_place:
-        archive_schemas(doc)  # an archive that cannot be restored in place: say so before fetching
     created = False
     roles: dict[str, Any] = {"created": [], "skipped_existing": [], "login_roles": []}
 
