@@ -142,7 +142,8 @@ class TargetConfig(BaseModel):
     retention_days: int = Field(90, ge=1, le=36500)
     retention_min_backups: int = Field(7, ge=1, le=1000)
     schedules: dict[str, str] = Field(default_factory=dict)
-    exclude_schemas: list[str] = Field(default_factory=list)
+    exclude_schemas: list[str] = Field(default_factory=list, description=(
+        "schemas left out of backups, each matched exactly (case included, no wildcards)"))
     row_counts: bool = Field(True, description="exact row counts in the manifest")
 
     @field_validator("dsn")

@@ -5,8 +5,9 @@ partition's inherited primary key first and fails; pagila shows it). So pgvault 
 transaction on one psql session that it drives itself:
 
     SET lock_timeout; BEGIN;
-    DROP SCHEMA <each schema the archive has objects in> CASCADE;  CREATE SCHEMA public ...;
-    lo_unlink(<the archive's large objects>); DROP <its publications, servers, ...> IF EXISTS;
+    DROP SCHEMA <each schema the archive holds> CASCADE;  CREATE SCHEMA public ...;
+    DROP <its transforms, access methods, publications, servers, ...> IF EXISTS;
+    lo_unlink(<the archive's large objects>);
     <the dump as an SQL script, from pg_restore --single-transaction -f -, less its COMMIT>
     COMMIT;   -- written only after pg_restore exited 0
 
@@ -18,6 +19,10 @@ is also what it sees when pg_restore dies. And pg_restore's script needs its own
 outside the archive's schemas that depend on what would be dropped (views, foreign keys, columns
 of its types, triggers calling its functions, ...) make the restore refuse before any change,
 rather than vanish with CASCADE.
+
+What the archive holds comes from its manifest (app/backup/facts.py: schemas and schema-less
+objects read in the backup's snapshot), never from names in pg_restore's text; every name is
+quoted by the target's server. Schemas the archive does not hold (excluded ones) are not touched.
 """
 
 from __future__ import annotations
