@@ -355,3 +355,18 @@ async def scratch_names() -> list[str]:
             "SELECT datname FROM pg_database WHERE datname LIKE 'pgvault\\_names\\_%'")]
     finally:
         await conn.close()
+
+
+async def test_a_name_cannot_forge_a_table_of_contents_entry(tmp_path: Path) -> None:
+    """pg_restore --list writes a newline in a name as a space: a schema named like a large
+    object's entry stays on its own line and is no large object (entries are chosen by type)."""
+    db = await create_db(f"{PREFIX}_forge")
+    forged = "x\n9999; 2613 4242 BLOB - 4242 postgres"
+    psql(db, "-c", f'CREATE SCHEMA "{forged}"; CREATE TABLE "{forged}".t (id int)')
+    dump = tmp_path / "forge.dump"
+    subprocess.run(["pg_dump", "-h", PG_HOST, "-U", "postgres", "-Fc", "-f", str(dump), "--", db],
+                   check=True)
+    toc = (await run(pg_tools.pg_restore_list_stage(dump))).decode()
+    assert not any(line.startswith("9999;") for line in toc.splitlines())
+    assert in_place.large_object_entries(toc) == []
+    assert len(pg_tools.toc_entries(toc, "SCHEMA")) == 1
