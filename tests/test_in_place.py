@@ -370,3 +370,25 @@ async def test_a_name_cannot_forge_a_table_of_contents_entry(tmp_path: Path) -> 
     assert not any(line.startswith("9999;") for line in toc.splitlines())
     assert in_place.large_object_entries(toc) == []
     assert len(pg_tools.toc_entries(toc, "SCHEMA")) == 1
+
+
+async def test_in_place_replaces_a_subscription(make_settings: Any) -> None:
+    """A subscription lives in no schema either; pg_dump (as a superuser) writes a plain
+    CREATE SUBSCRIPTION for it."""
+    db, settings = await plain_target(make_settings, "subip", 100)
+    psql(db, "-c", "CREATE SUBSCRIPTION \"Sub\nx\" CONNECTION 'host=127.0.0.1 port=1 "
+                   "dbname=nowhere' PUBLICATION p WITH (connect = false, slot_name = 'sub_slot')")
+    try:
+        async with running_app(settings) as c:
+            job = await backup(c, "subip")
+            before = await fingerprint(db)
+            psql(db, "-c", "DELETE FROM sales.orders")
+            done = await restore(c, "subip", {"backup_id": job["result"]["backup_id"],
+                                              "mode": "in_place", "confirm": "subip"})
+        assert done["status"] == "succeeded", done["error"]
+        assert await fingerprint(db) == before
+        assert done["result"]["checklist"]["subscriptions_to_enable"] == ["Sub\nx"]
+    finally:  # a database with a subscription cannot be dropped
+        psql(db, "-c", "ALTER SUBSCRIPTION \"Sub\nx\" DISABLE; "
+                       "ALTER SUBSCRIPTION \"Sub\nx\" SET (slot_name = NONE); "
+                       "DROP SUBSCRIPTION \"Sub\nx\"")

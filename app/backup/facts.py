@@ -71,7 +71,7 @@ ORDER BY 1
 # that drops dependents first (a user mapping needs its server). The restore has its server quote
 # them. Not here: procedural languages (pg_dump writes CREATE OR REPLACE for one whose handler it
 # does not dump; one whose handler it dumps goes with that handler's schema) and subscriptions
-# (DROP SUBSCRIPTION of a connected one cannot run in a transaction).
+# (named by SUBSCRIPTIONS below, read where pg_subscription may be unreadable).
 SCHEMALESS_OBJECTS = """
 WITH user_made AS (
     SELECT o.classid, o.objid FROM (

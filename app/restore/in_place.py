@@ -69,6 +69,19 @@ CROSS JOIN LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(o->'names')) A
 SCHEMALESS_TYPES = frozenset({"event trigger", "publication", "user mapping", "server",
                               "foreign-data wrapper", "cast", "transform", "access method"})
 
+# The archive's subscriptions where the target has them: pg_dump writes them (only when it runs as
+# a superuser) with a plain CREATE, connect = false and their slot's name. A subscription with a
+# slot cannot be dropped in a transaction; without one it can, and the publisher's slot stays for
+# the restored subscription to use once enabled.
+SUBSCRIPTIONS_DROP_SQL = """
+SELECT coalesce(string_agg(format('ALTER SUBSCRIPTION %1$I DISABLE; '
+                                  'ALTER SUBSCRIPTION %1$I SET (slot_name = NONE); '
+                                  'DROP SUBSCRIPTION %1$I;', s.subname), E'\\n'
+                           ORDER BY s.subname), '')
+FROM pg_subscription s
+WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND s.subname = ANY($1::text[])"""
+
 # Everything outside the archive's schemas that CASCADE would silently take with them: views,
 # foreign keys, columns of their types or domains, defaults using their sequences, triggers and
 # policies calling their functions... pg_depend knows them all. A rule, trigger, default or policy
@@ -173,6 +186,9 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
         dependents = [r["name"] for r in await conn.fetch(DEPENDENTS_SQL, schemas)]
         prelude: str = await conn.fetchval(PRELUDE_SQL, schemas)
         schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(objects))
+        if pg_tools.toc_entries(toc, "SUBSCRIPTION"):
+            schemaless += "\n" + await conn.fetchval(
+                SUBSCRIPTIONS_DROP_SQL, [s["name"] for s in doc.get("subscriptions") or []])
         version = int(await conn.fetchval("SHOW server_version_num"))
     finally:
         await conn.close()

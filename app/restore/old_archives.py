@@ -25,7 +25,8 @@ from app.restore import databases
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
 
-# pg_dump's types for the objects in app/backup/facts.py SCHEMALESS_OBJECTS.
+# pg_dump's types for the objects in app/backup/facts.py SCHEMALESS_OBJECTS (subscriptions are
+# named by every manifest).
 SCHEMALESS_TOC_TYPES = ("EVENT TRIGGER", "PUBLICATION", "USER MAPPING", "SERVER",
                         "FOREIGN DATA WRAPPER", "CAST", "TRANSFORM", "ACCESS METHOD")
 
