@@ -216,3 +216,29 @@ async def test_awkward_names_through_backup_verify_restores_and_monitoring(
         assert await large_objects(DATABASE) == {archived_lo: b"archived", KEPT_LO: b"kept"}
     finally:
         await drop_everything([DATABASE, copy])
+
+
+async def test_an_excluded_schema_is_matched_exactly(make_settings: Any) -> None:
+    """exclude_schemas ["Sales"] leaves out "Sales", not sales (pg_dump folds an unquoted
+    pattern to lower case), as the manifest's facts do."""
+    db = f"{PREFIX}_exact"
+    conn = await admin_conn()
+    try:
+        await conn.execute(f"CREATE DATABASE {db}")
+    finally:
+        await conn.close()
+    conn = await admin_conn(db)
+    try:
+        await conn.execute('CREATE SCHEMA sales; CREATE TABLE sales.orders (id int); '
+                           'INSERT INTO sales.orders VALUES (1), (2); '
+                           'CREATE SCHEMA "Sales"; CREATE TABLE "Sales".big (id int)')
+    finally:
+        await conn.close()
+    settings = make_settings(targets={"exact": {"dsn": dsn(db), "exclude_schemas": ["Sales"],
+                                                "retention_min_backups": 1}})
+    async with running_app(settings) as c:
+        bid = (await backup(c, "exact"))["result"]["backup_id"]
+        done = await restore(c, "exact", {"backup_id": bid, "database": f"{PREFIX}_exact_copy"})
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["rows_match"] is True
+    assert set(await fingerprint(f"{PREFIX}_exact_copy")) == {"sales.orders"}
