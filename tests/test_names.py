@@ -142,6 +142,7 @@ async def test_awkward_names_through_backup_verify_restores_and_monitoring(
                                headers=auth("viewer"))).json()["manifest"]
             assert doc["database"] == DATABASE
             assert sorted(s["name"] for s in doc["schemas"]) == sorted(SCHEMAS)
+            assert {s["name"]: s["owner"] for s in doc["schemas"]}["new\nline"] == NEWLINE
             counted = {(t["schema"], t["name"]): t["rows"] for t in doc["tables"]}
             for i, schema in enumerate(SCHEMAS):
                 assert counted[(schema, TABLE)] == 10 * i + 5

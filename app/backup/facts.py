@@ -53,7 +53,7 @@ EXTENSIONS = "SELECT extname AS name, extversion AS version FROM pg_extension OR
 # belong to an extension (pg_dump leaves those to CREATE EXTENSION). An in-place restore replaces
 # exactly these: names from the catalog, never from a tool's text.
 SCHEMAS = """
-SELECT n.nspname AS name, n.nspowner::regrole::text AS owner,
+SELECT n.nspname AS name, pg_get_userbyid(n.nspowner) AS owner,
        obj_description(n.oid, 'pg_namespace') AS comment
 FROM pg_namespace n
 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
