@@ -79,21 +79,30 @@ def statement_text(piece: str) -> str:
     return "".join(lines).strip()
 
 
-def is_role_statement(text: str, quoted: str) -> bool:
-    """Whether ``text`` is pg_dumpall's ``CREATE ROLE`` or an ``ALTER ROLE`` of the role whose
-    name the server quotes as ``quoted``."""
-    return text == f"CREATE ROLE {quoted};" or text.startswith(f"ALTER ROLE {quoted} ")
+def role_of_statement(text: str, statements_of: dict[str, str]) -> str | None:
+    """The role whose ``CREATE ROLE`` or ``ALTER ROLE`` statement ``text`` is, if it is one of
+    ``statements_of`` (``CREATE ROLE <quoted>;`` and ``ALTER ROLE <quoted> `` -> name): the
+    text up to each of its spaces is looked up, since a quoted name may hold spaces too."""
+    if text in statements_of:
+        return statements_of[text]
+    if text.startswith("ALTER ROLE "):
+        at = text.find(" ", len("ALTER ROLE "))
+        while at >= 0:
+            if (name := statements_of.get(text[:at + 1])) is not None:
+                return name
+            at = text.find(" ", at + 1)
+    return None
 
 
 def plan(script: str, existing: dict[str, str]) -> GlobalsPlan:
     """The script less the statements of roles in ``existing`` (name -> name as the
     destination server quotes it), and which of those it held."""
+    statements_of = {f"CREATE ROLE {quoted};": name for name, quoted in existing.items()}
+    statements_of |= {f"ALTER ROLE {quoted} ": name for name, quoted in existing.items()}
     result = GlobalsPlan(sql="")
     kept: list[str] = []
     for piece in statements(script):
-        text = statement_text(piece)
-        role = next((name for name, quoted in existing.items()
-                     if is_role_statement(text, quoted)), None)
+        role = role_of_statement(statement_text(piece), statements_of)
         if role is None:
             kept.append(piece)
         elif role not in result.skipped:
