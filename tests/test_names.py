@@ -220,8 +220,9 @@ async def test_awkward_names_through_backup_verify_restores_and_monitoring(
 
 
 async def test_an_excluded_schema_is_matched_exactly(make_settings: Any) -> None:
-    """exclude_schemas ["Sales"] leaves out "Sales", not sales (pg_dump folds an unquoted
-    pattern to lower case), as the manifest's facts do."""
+    """exclude_schemas ["Sales", "x.y*"] leaves out "Sales" and "x.y*", not sales (pg_dump folds
+    an unquoted pattern to lower case) nor "x.yz" (nor does it fail on a dot), as the manifest's
+    facts do."""
     db = f"{PREFIX}_exact"
     conn = await admin_conn()
     try:
@@ -232,14 +233,16 @@ async def test_an_excluded_schema_is_matched_exactly(make_settings: Any) -> None
     try:
         await conn.execute('CREATE SCHEMA sales; CREATE TABLE sales.orders (id int); '
                            'INSERT INTO sales.orders VALUES (1), (2); '
-                           'CREATE SCHEMA "Sales"; CREATE TABLE "Sales".big (id int)')
+                           'CREATE SCHEMA "Sales"; CREATE TABLE "Sales".big (id int); '
+                           'CREATE SCHEMA "x.y*"; CREATE TABLE "x.y*".t (id int); '
+                           'CREATE SCHEMA "x.yz"; CREATE TABLE "x.yz".t (id int)')
     finally:
         await conn.close()
-    settings = make_settings(targets={"exact": {"dsn": dsn(db), "exclude_schemas": ["Sales"],
-                                                "retention_min_backups": 1}})
+    settings = make_settings(targets={"exact": {
+        "dsn": dsn(db), "exclude_schemas": ["Sales", "x.y*"], "retention_min_backups": 1}})
     async with running_app(settings) as c:
         bid = (await backup(c, "exact"))["result"]["backup_id"]
         done = await restore(c, "exact", {"backup_id": bid, "database": f"{PREFIX}_exact_copy"})
     assert done["status"] == "succeeded", done["error"]
     assert done["result"]["rows_match"] is True
-    assert set(await fingerprint(f"{PREFIX}_exact_copy")) == {"sales.orders"}
+    assert set(await fingerprint(f"{PREFIX}_exact_copy")) == {"sales.orders", '"x.yz".t'}
