@@ -15,6 +15,8 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+
 from app.config import PgDsn
 from app.errors import StepFailed
 from app.integrations import pg_tools
@@ -59,9 +61,15 @@ async def _restore_and_read(ctx: JobContext, dsn: PgDsn, dump: Path, selection: 
     conn = await connect_target(dsn)
     try:
         await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
-        await databases.create(conn, scratch, encoding=doc.get("database_encoding"),
-                               collate=doc.get("database_collate"),
-                               ctype=doc.get("database_ctype"))
+        try:
+            await databases.create(conn, scratch, encoding=doc.get("database_encoding"),
+                                   collate=doc.get("database_collate"),
+                                   ctype=doc.get("database_ctype"))
+        except asyncpg.PostgresError as exc:
+            raise StepFailed("restore in place", "cannot create a scratch database to name the "
+                             f"schemas of archive {doc.get('backup_id')}, which predates their "
+                             f"list in its manifest ({type(exc).__name__}, SQLSTATE "
+                             f"{exc.sqlstate}); restore it into a new database instead") from None
     finally:
         await conn.close()
     try:
