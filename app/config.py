@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -27,7 +27,6 @@ TARGET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 DATABASE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$")
 FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
-SCHEMA_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 Role = Literal["viewer", "operator", "admin"]
 
@@ -74,7 +73,8 @@ class PgDsn(BaseModel):
             port = parts.port or 5432
         except ValueError:
             raise ValueError("has an invalid port") from None
-        database = parts.path.lstrip("/")
+        # Percent-escapes decoded, as libpq decodes them: "my%20db" names the database "my db".
+        database = unquote(parts.path.lstrip("/"))
         if not database:
             raise ValueError("names no database (postgresql://user@host:port/dbname)")
         if len(database.encode()) > 63:
@@ -99,7 +99,8 @@ class PgDsn(BaseModel):
     def redacted(self) -> str:
         auth = self.user + (":***" if self.password else "")
         query = "&".join(f"{k}={v}" for k, v in self.params.items())
-        return f"postgresql://{auth}@{self.host}:{self.port}/{self.database}" + (
+        database = quote(self.database, safe="")  # back to a URL: "my db" is my%20db
+        return f"postgresql://{auth}@{self.host}:{self.port}/{database}" + (
             f"?{query}" if query else ""
         )
 
@@ -140,7 +141,8 @@ class TargetConfig(BaseModel):
     retention_days: int = Field(90, ge=1, le=36500)
     retention_min_backups: int = Field(7, ge=1, le=1000)
     schedules: dict[str, str] = Field(default_factory=dict)
-    exclude_schemas: list[str] = Field(default_factory=list)
+    exclude_schemas: list[str] = Field(default_factory=list, description=(
+        "schemas left out of backups, each matched exactly (case included, no wildcards)"))
     row_counts: bool = Field(True, description="exact row counts in the manifest")
 
     @field_validator("dsn")
@@ -181,8 +183,10 @@ class TargetConfig(BaseModel):
     @classmethod
     def _schemas(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not SCHEMA_NAME_RE.match(name):
-                raise ValueError(f"exclude_schemas: {name!r} is not a plain schema name")
+            # Any name PostgreSQL allows: pg_dump gets it as an exact pattern, the facts
+            # compare it exactly.
+            if not name or len(name.encode()) > 63 or "\0" in name:
+                raise ValueError(f"exclude_schemas: {name!r} is not a schema name")
         return value
 
     @property

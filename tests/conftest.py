@@ -78,8 +78,10 @@ def _session_databases() -> Iterator[None]:
         try:
             names = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1",
                                      PREFIX + "%")
-            for row in names:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+            for row in names:  # quoted by the server: test names hold quotes too
+                await conn.execute(await conn.fetchval(
+                    "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
+                    row["datname"]))
             await conn.execute(f"DROP ROLE IF EXISTS {PREFIX}_pw")
         finally:
             await conn.close()

@@ -10,8 +10,7 @@ from app.backup.manifest import backup_time, new_backup_id
 from app.config import BACKUP_ID_RE, PgDsn
 from app.integrations.gpg import decryption_succeeded
 from app.integrations.pg_tools import conninfo_dbname
-from app.restore.globals import plan
-from app.restore.in_place import dump_schemas
+from app.restore.globals import created_roles, plan, statements
 from app.restore.service import default_database_name
 from app.security import redact
 
@@ -40,22 +39,45 @@ def test_globals_plan_skips_existing_roles_and_lists_login_roles() -> None:
         "ALTER ROLE readers WITH NOLOGIN;",
         'GRANT readers TO "App User" GRANTED BY postgres;',
     ])
-    result = plan(script, {"postgres"})
+    result = plan(script, {"postgres": "postgres"})
     assert "ALTER ROLE postgres" not in result.sql and "CREATE ROLE postgres" not in result.sql
-    assert result.created == ["App User", "readers"]
-    assert result.login_roles == ["App User"]
     assert result.skipped == ["postgres"]
     assert "GRANT readers" in result.sql
+    after = [("postgres", "postgres", True), ("App User", '"App User"', True),
+             ("readers", "readers", False), ("other", "other", True)]
+    assert created_roles(result.sql, after, {"postgres": "postgres"}) == (
+        ["App User", "readers"], ["App User"])
 
 
-def test_dump_schemas_read_from_the_table_of_contents() -> None:
-    toc = """;
-; Archive created at 2026-11-24 15:30:37 UTC
-3; 2615 2200 SCHEMA - public postgres
-4; 2615 16390 SCHEMA - sales app
-5; 1259 16400 TABLE public actor postgres
-"""
-    assert dump_schemas(toc) == ["public", "sales"]
+def test_globals_plan_reads_no_name_out_of_the_script() -> None:
+    """A role name holding a newline, a quote and a statement of its own (as pg_dumpall writes
+    it): the statements of an existing role go whole, the others stay whole, postgres is not
+    touched by the text inside another role's name."""
+    evil = 'x\nALTER ROLE postgres WITH NOSUPERUSER;'
+    script = "\n".join([
+        "\\restrict abc",
+        "CREATE ROLE postgres;",
+        'CREATE ROLE "x',
+        'ALTER ROLE postgres WITH NOSUPERUSER;";',
+        'ALTER ROLE "x',
+        'ALTER ROLE postgres WITH NOSUPERUSER;" WITH NOSUPERUSER LOGIN;',
+        'COMMENT ON ROLE "we""ird" IS \'a;',
+        'CREATE ROLE "we""ird";\';',
+        'CREATE ROLE "we""ird";',
+        "\\unrestrict abc",
+    ])
+    quoted = {"postgres": "postgres", evil: '"x\nALTER ROLE postgres WITH NOSUPERUSER;"'}
+    kept = plan(script, {"we\"ird": '"we""ird"'})
+    assert kept.skipped == ['we"ird']  # its CREATE goes; the one in the comment's literal stays
+    assert kept.sql.count('CREATE ROLE "we""ird";') == 1 and "IS 'a;\nCREATE" in kept.sql
+    assert kept.sql.startswith("\\restrict abc\n")
+    result = plan(script, quoted)
+    assert result.skipped == ["postgres", evil]
+    assert [line for line in result.sql.splitlines() if line] == [
+        "\\restrict abc", 'COMMENT ON ROLE "we""ird" IS \'a;', 'CREATE ROLE "we""ird";\';',
+        'CREATE ROLE "we""ird";', "\\unrestrict abc"]
+    assert "".join(statements(script)) == script
+
 
 
 def test_decryption_trusted_only_with_okay_and_no_failure() -> None:
@@ -204,9 +226,13 @@ def test_large_object_entries_of_pg_dump_15_and_17() -> None:
 """
     assert [line.split(";")[0] for line in large_object_entries(toc)] == ["3341", "3342",
                                                                          "4102"]
-    from app.restore.in_place import outside_schema_entries
 
-    more = toc + ("3350; 6104 117618 PUBLICATION - pub postgres\n"
-                  "3351; 6106 117619 PUBLICATION TABLE public pub t postgres\n"
-                  "3359; 0 0 USER MAPPING - USER MAPPING postgres SERVER srv postgres\n")
-    assert [line.split(";")[0] for line in outside_schema_entries(more)] == ["3350", "3359"]
+
+def test_a_dsn_names_its_database_as_libpq_does() -> None:
+    """Percent-escapes are decoded (libpq decodes them): my%20db is the database "my db"."""
+    dsn = PgDsn.parse("postgresql://app@db:5432/pgv%20Names%20%22%C3%9C%22.db")
+    assert dsn.database == 'pgv Names "Ü".db'
+    assert dsn.libpq_env()["PGDATABASE"] == 'pgv Names "Ü".db'
+    assert PgDsn.parse(dsn.redacted()).database == dsn.database
+    with pytest.raises(ValueError):
+        PgDsn.parse("postgresql://app@db/%2Dopt")  # a leading dash, however it is written

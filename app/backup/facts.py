@@ -49,6 +49,77 @@ WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 
 EXTENSIONS = "SELECT extname AS name, extversion AS version FROM pg_extension ORDER BY 1"
 
+# The schemas pg_dump writes: every schema but the system ones, the excluded ones and those that
+# belong to an extension (pg_dump leaves those to CREATE EXTENSION). An in-place restore replaces
+# exactly these: names from the catalog, never from a tool's text.
+SCHEMAS = """
+SELECT n.nspname AS name, pg_get_userbyid(n.nspowner) AS owner,
+       obj_description(n.oid, 'pg_namespace') AS comment
+FROM pg_namespace n
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND NOT (n.nspname = ANY($1::text[]))
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass
+                  AND d.objid = n.oid AND d.deptype = 'e')
+ORDER BY 1
+"""
+
+# The objects pg_dump writes that live in no schema, so DROP SCHEMA leaves them and the dump's
+# plain CREATE then fails on them: user-made (OID past the built-in range, as pg_dump decides) and
+# not an extension's. Each is named by its identifiers as the catalog holds them (a cast or a
+# transform by its types' schema and name; a user mapping for PUBLIC by a null role), in an order
+# that drops dependents first (a user mapping needs its server). The restore has its server quote
+# them. Not here: procedural languages (pg_dump writes CREATE OR REPLACE for one whose handler it
+# does not dump; one whose handler it dumps goes with that handler's schema) and subscriptions
+# (named by SUBSCRIPTIONS below, read where pg_subscription may be unreadable).
+SCHEMALESS_OBJECTS = """
+WITH user_made AS (
+    SELECT o.classid, o.objid FROM (
+        SELECT 'pg_event_trigger'::regclass AS classid, oid AS objid FROM pg_event_trigger
+        UNION ALL SELECT 'pg_publication'::regclass, oid FROM pg_publication
+        UNION ALL SELECT 'pg_foreign_server'::regclass, oid FROM pg_foreign_server
+        UNION ALL SELECT 'pg_foreign_data_wrapper'::regclass, oid FROM pg_foreign_data_wrapper
+        UNION ALL SELECT 'pg_cast'::regclass, oid FROM pg_cast
+        UNION ALL SELECT 'pg_transform'::regclass, oid FROM pg_transform
+        UNION ALL SELECT 'pg_am'::regclass, oid FROM pg_am) o
+    WHERE o.objid >= 16384
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = o.classid
+                      AND d.objid = o.objid AND d.deptype = 'e')
+),
+typ AS (
+    SELECT t.oid, n.nspname, t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+),
+objects AS (
+    SELECT 1 AS ord, 'event trigger' AS type, ARRAY[e.evtname::text] AS names
+    FROM pg_event_trigger e JOIN user_made u ON u.objid = e.oid
+    UNION ALL
+    SELECT 2, 'publication', ARRAY[p.pubname::text]
+    FROM pg_publication p JOIN user_made u ON u.objid = p.oid
+    UNION ALL
+    SELECT 3, 'user mapping',
+           ARRAY[CASE WHEN m.umuser = 0 THEN NULL ELSE m.usename::text END, m.srvname::text]
+    FROM pg_user_mappings m JOIN user_made u ON u.objid = m.srvid
+    UNION ALL
+    SELECT 4, 'server', ARRAY[s.srvname::text]
+    FROM pg_foreign_server s JOIN user_made u ON u.objid = s.oid
+    UNION ALL
+    SELECT 5, 'foreign-data wrapper', ARRAY[w.fdwname::text]
+    FROM pg_foreign_data_wrapper w JOIN user_made u ON u.objid = w.oid
+    UNION ALL
+    SELECT 6, 'cast', ARRAY[s.nspname, s.typname, t.nspname, t.typname]::text[]
+    FROM pg_cast c JOIN user_made u ON u.objid = c.oid
+    JOIN typ s ON s.oid = c.castsource JOIN typ t ON t.oid = c.casttarget
+    UNION ALL
+    SELECT 7, 'transform', ARRAY[ty.nspname, ty.typname, l.lanname]::text[]
+    FROM pg_transform tr JOIN user_made u ON u.objid = tr.oid
+    JOIN typ ty ON ty.oid = tr.trftype JOIN pg_language l ON l.oid = tr.trflang
+    UNION ALL
+    SELECT 8, 'access method', ARRAY[a.amname::text]
+    FROM pg_am a JOIN user_made u ON u.objid = a.oid
+)
+SELECT type, names FROM objects ORDER BY ord, names
+"""
+
 
 async def server_facts(conn: Any) -> dict[str, Any]:
     return dict(await conn.fetchrow(SERVER_FACTS))
@@ -63,8 +134,11 @@ async def catalog_facts(conn: Any, exclude_schemas: list[str]) -> dict[str, Any]
     except asyncpg.PostgresError:  # pg_subscription may be unreadable on managed services
         subscriptions = []
     extensions = [dict(r) for r in await conn.fetch(EXTENSIONS)]
+    schemas = [dict(r) for r in await conn.fetch(SCHEMAS, exclude_schemas)]
+    schemaless = [dict(r) for r in await conn.fetch(SCHEMALESS_OBJECTS)]
     return {"tables": tables, "materialized_views": matviews,
-            "subscriptions": subscriptions, "extensions": extensions}
+            "subscriptions": subscriptions, "extensions": extensions,
+            "schemas": schemas, "schemaless_objects": schemaless}
 
 
 async def count_rows(conn: Any, tables: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -258,6 +258,8 @@ def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: d
         "materialized_views": catalog["materialized_views"],
         "subscriptions": catalog["subscriptions"],
         "extensions": catalog["extensions"],
+        "schemas": catalog["schemas"],
+        "schemaless_objects": catalog["schemaless_objects"],
     }
 
 

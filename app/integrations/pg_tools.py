@@ -27,8 +27,16 @@ def pg_dump_stage(client: Client, dsn: PgDsn, *, snapshot: str, lock_wait_timeou
                   exclude_schemas: list[str]) -> Stage:
     argv = [client.path, "--format=custom", "--compress=0", "--no-password",
             f"--snapshot={snapshot}", f"--lock-wait-timeout={lock_wait_timeout_s}s"]
-    argv += [f"--exclude-schema={name}" for name in exclude_schemas]
+    # Each name as a quoted pattern: matched exactly, as the manifest's facts match it (unquoted,
+    # pg_dump would fold "Sales" to sales and read "*", "?" and "." as wildcards and separators).
+    argv += [f"--exclude-schema={exact_pattern(name)}" for name in exclude_schemas]
     return Stage("pg_dump", argv, env=dsn.libpq_env())
+
+
+def exact_pattern(name: str) -> str:
+    """A pg_dump name pattern that matches ``name`` and nothing else: inside double quotes a
+    pattern's characters are literal (``""`` stands for one ``"``)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def pg_dumpall_globals_stage(client: Client, dsn: PgDsn) -> Stage:
@@ -49,6 +57,21 @@ def zstd_decompress_stage() -> Stage:
 
 def pg_restore_list_stage(client: Client, dump: Path) -> Stage:
     return Stage("pg_restore --list", [client.path, "--list", "--", str(dump)])
+
+
+def toc_entries(toc: str, *kinds: str) -> list[str]:
+    """The lines of ``pg_restore --list`` output (``<id>; <oid> <oid> KIND schema name owner``)
+    of the entries of one of ``kinds`` that have no schema (``KIND - ...``), unchanged, for
+    ``--use-list``. Chosen by their type, which pg_dump writes first; no name is read from them
+    (pg_restore writes a newline in a name as a space, so a name cannot start a line).
+    """
+    starts = tuple(f"{kind} - " for kind in kinds)
+    found = []
+    for line in toc.splitlines():
+        parts = line.split(None, 3)
+        if not line.startswith(";") and len(parts) == 4 and parts[3].startswith(starts):
+            found.append(line)
+    return found
 
 
 def pg_restore_stage(client: Client, dsn: PgDsn, database: str, dump: Path, *,
@@ -76,14 +99,23 @@ def pg_restore_script_stage(client: Client, dump: Path) -> Stage:
                  [client.path, "--single-transaction", "--file=-", "--", str(dump)])
 
 
-def pg_restore_selection_stage(client: Client, dump: Path, selection: Path, *,
-                               clean: bool = False) -> Stage:
-    """The SQL of just the table-of-contents entries listed in ``selection`` (no connection);
-    with ``clean``, led by their ``DROP ... IF EXISTS`` statements."""
-    argv = [client.path, f"--use-list={selection}", "--file=-"]
-    if clean:
-        argv += ["--clean", "--if-exists"]
+def pg_restore_selection_stage(client: Client, dump: Path, selection: Path) -> Stage:
+    """The SQL of just the table-of-contents entries listed in ``selection`` (no connection),
+    without owners, privileges or comments: for large objects, nothing but their ``lo_create``
+    calls, no name that anyone chose."""
+    argv = [client.path, f"--use-list={selection}", "--file=-", "--no-owner",
+            "--no-privileges", "--no-comments"]
     return Stage("pg_restore --use-list", [*argv, "--", str(dump)])
+
+
+def pg_restore_definitions_stage(client: Client, dsn: PgDsn, database: str, dump: Path,
+                                 selection: Path) -> Stage:
+    """Restore just the entries listed in ``selection`` into ``database``, without owners,
+    privileges or comments (a scratch database, to read names back from its catalog)."""
+    argv = [client.path, "--no-password", "--exit-on-error", "--no-owner", "--no-privileges",
+            "--no-comments", f"--use-list={selection}",
+            f"--dbname={conninfo_dbname(database)}", "--", str(dump)]
+    return Stage("pg_restore --use-list", argv, env=dsn.libpq_env(database))
 
 
 def psql_stage(client: Client, dsn: PgDsn, database: str, sql_file: Path | None, *,

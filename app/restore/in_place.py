@@ -5,8 +5,9 @@ partition's inherited primary key first and fails; pagila shows it). So pgvault 
 transaction on one psql session that it drives itself:
 
     SET lock_timeout; BEGIN;
-    DROP SCHEMA <each schema the archive has objects in> CASCADE;  CREATE SCHEMA public ...;
-    lo_unlink(<the archive's large objects>); DROP <its publications, servers, ...> IF EXISTS;
+    DROP SCHEMA <each schema the archive holds> CASCADE;  CREATE SCHEMA public ...;
+    DROP <its transforms, access methods, publications, servers, ...> IF EXISTS;
+    lo_unlink(<the archive's large objects>);
     <the dump as an SQL script, from pg_restore --single-transaction -f -, less its COMMIT>
     COMMIT;   -- written only after pg_restore exited 0
 
@@ -18,11 +19,16 @@ is also what it sees when pg_restore dies. And pg_restore's script needs its own
 outside the archive's schemas that depend on what would be dropped (views, foreign keys, columns
 of its types, triggers calling its functions, ...) make the restore refuse before any change,
 rather than vanish with CASCADE.
+
+What the archive holds comes from its manifest (app/backup/facts.py: schemas and schema-less
+objects read in the backup's snapshot), never from names in pg_restore's text; every name is
+quoted by the target's server. Schemas the archive does not hold (excluded ones) are not touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -35,6 +41,7 @@ from app.integrations import pg_tools
 from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import Pipeline, PipelineError, PipeWriter, run
 from app.integrations.target_db import connect_target
+from app.restore import old_archives
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -42,6 +49,39 @@ if TYPE_CHECKING:
 PRELUDE_SQL = """
 SELECT coalesce(string_agg(format('DROP SCHEMA IF EXISTS %I CASCADE;', s), E'\\n'), '')
 FROM unnest($1::text[]) AS s"""
+
+# The archive's schema-less objects (app/backup/facts.py), each dropped if present, by a statement
+# the target's server quotes; in the manifest's order (dependents first).
+SCHEMALESS_DROP_SQL = """
+SELECT coalesce(string_agg(CASE o->>'type'
+    WHEN 'event trigger' THEN format('DROP EVENT TRIGGER IF EXISTS %I;', n[1])
+    WHEN 'publication' THEN format('DROP PUBLICATION IF EXISTS %I;', n[1])
+    WHEN 'user mapping' THEN format('DROP USER MAPPING IF EXISTS FOR %s SERVER %I;',
+                                    coalesce(quote_ident(n[1]), 'PUBLIC'), n[2])
+    WHEN 'server' THEN format('DROP SERVER IF EXISTS %I;', n[1])
+    WHEN 'foreign-data wrapper' THEN format('DROP FOREIGN DATA WRAPPER IF EXISTS %I;', n[1])
+    WHEN 'cast' THEN format('DROP CAST IF EXISTS (%I.%I AS %I.%I);', n[1], n[2], n[3], n[4])
+    WHEN 'transform' THEN format('DROP TRANSFORM IF EXISTS FOR %I.%I LANGUAGE %I;',
+                                 n[1], n[2], n[3])
+    WHEN 'access method' THEN format('DROP ACCESS METHOD IF EXISTS %I;', n[1])
+    END, E'\\n' ORDER BY e.ord), '')
+FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(o, ord)
+CROSS JOIN LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(o->'names')) AS n) AS names"""
+SCHEMALESS_TYPES = frozenset({"event trigger", "publication", "user mapping", "server",
+                              "foreign-data wrapper", "cast", "transform", "access method"})
+
+# The archive's subscriptions where the target has them: pg_dump writes them (only when it runs as
+# a superuser) with a plain CREATE, connect = false and their slot's name. A subscription with a
+# slot cannot be dropped in a transaction; without one it can, and the publisher's slot stays for
+# the restored subscription to use once enabled.
+SUBSCRIPTIONS_DROP_SQL = """
+SELECT coalesce(string_agg(format('ALTER SUBSCRIPTION %1$I DISABLE; '
+                                  'ALTER SUBSCRIPTION %1$I SET (slot_name = NONE); '
+                                  'DROP SUBSCRIPTION %1$I;', s.subname), E'\\n'
+                           ORDER BY s.subname), '')
+FROM pg_subscription s
+WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND s.subname = ANY($1::text[])"""
 
 # Everything outside the archive's schemas that CASCADE would silently take with them: views,
 # foreign keys, columns of their types or domains, defaults using their sequences, triggers and
@@ -76,76 +116,60 @@ CROSS JOIN LATERAL (SELECT CASE d.classid
 WHERE owner.nsp IS NOT NULL AND owner.nsp NOT IN (SELECT oid FROM archive)
 ORDER BY 1"""
 
-# What CREATE DATABASE gives public, which dumps never create (PostgreSQL 15 and later).
+# What CREATE DATABASE gives public, which dumps never create and whose defaults (owner, ACL,
+# comment) they leave out: recreated as template0 has it, the dump's own statements then bring the
+# source's differences (PostgreSQL 15 and later).
 PUBLIC_15 = ("CREATE SCHEMA public AUTHORIZATION pg_database_owner;\n"
-             "GRANT USAGE ON SCHEMA public TO PUBLIC;\n")
-PUBLIC_OLD = "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n"
+             "GRANT USAGE ON SCHEMA public TO PUBLIC;\n"
+             "COMMENT ON SCHEMA public IS 'standard public schema';\n")
+PUBLIC_OLD = ("CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n"
+              "COMMENT ON SCHEMA public IS 'standard public schema';\n")
 
-
-def toc_entries(toc: str, *kinds: str) -> list[tuple[str, str]]:
-    """``(line, description)`` of each ``pg_restore --list`` entry of one of ``kinds`` with no
-    schema: the description is what follows the two OIDs (``<id>; <oid> <oid> KIND - name ...``).
-    """
-    found = []
-    for line in toc.splitlines():
-        parts = line.split(None, 3)
-        if not line.startswith(";") and len(parts) == 4 and parts[3].startswith(
-                tuple(f"{kind} - " for kind in kinds)):
-            found.append((line, parts[3]))
-    return found
-
-
-def dump_schemas(toc: str) -> list[str]:
-    """Schemas a dump creates (``SCHEMA - name owner``)."""
-    return [desc.split()[2] for _, desc in toc_entries(toc, "SCHEMA")]
+# pg_restore --no-owner writes exactly this line for each of the selected large objects: no
+# other text of the dump (an owner's name could hold anything) reaches the selected script.
+_LO_CREATE = re.compile(rb"^SELECT pg_catalog\.lo_create\('(\d+)'\);$", re.MULTILINE)
 
 
 def large_object_entries(toc: str) -> list[str]:
     """The entries of a dump's large objects: one ``BLOB - <oid>`` each up to pg_dump 16,
     ``BLOB METADATA - <first>..<last>`` groups from 17 on (a range, not a list)."""
-    return [line for line, _ in toc_entries(toc, "BLOB", "BLOB METADATA")]
+    return pg_tools.toc_entries(toc, "BLOB", "BLOB METADATA")
 
 
-# Objects of a dump that live in no schema, so DROP SCHEMA leaves them, and that pg_dump writes
-# with a plain CREATE (extensions come with IF NOT EXISTS; casts, event triggers and the like that
-# use an archive schema's types or functions go with it anyway).
-OUTSIDE_SCHEMA_TYPES = ("PUBLICATION", "EVENT TRIGGER", "SERVER", "FOREIGN DATA WRAPPER",
-                        "USER MAPPING", "CAST")
+def archive_schemas(doc: dict[str, Any]) -> list[str] | None:
+    """The schemas the archive holds, as read from the catalog in the backup's snapshot (None
+    for an archive from before the manifest listed them)."""
+    if "schemas" not in doc:
+        return None
+    return sorted(s["name"] for s in doc["schemas"])
 
 
-def outside_schema_entries(toc: str) -> list[str]:
-    """The entries of objects in :data:`OUTSIDE_SCHEMA_TYPES`."""
-    return [line for line, _ in toc_entries(toc, *OUTSIDE_SCHEMA_TYPES)]
+def archive_schemaless_objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    objects: list[dict[str, Any]] = doc.get("schemaless_objects") or []
+    if unknown := {str(o.get("type")) for o in objects} - SCHEMALESS_TYPES:
+        raise StepFailed("restore in place", "the manifest names schema-less objects of an "
+                         f"unknown type ({', '.join(sorted(unknown))})")
+    return objects
 
 
-async def _selected_script(tools: RestoreTools, dump: Path, entries: list[str], name: str, *,
-                           clean: bool = False) -> bytes:
-    """The SQL pg_restore writes for just ``entries`` of the dump (with ``clean``, its
-    ``DROP ... IF EXISTS`` statements first)."""
-    selection = dump.with_name(f"{name}.list")
+async def _large_objects_sql(tools: RestoreTools, dump: Path, toc: str) -> str:
+    """Unlink the present versions of the archive's large objects: exactly its OIDs, from the
+    ``lo_create`` calls pg_restore writes for them."""
+    entries = large_object_entries(toc)
+    if not entries:
+        return ""
+    selection = dump.with_name("large-objects.list")
     await asyncio.to_thread(selection.write_text, "\n".join(entries) + "\n")
     try:
-        return await run(pg_tools.pg_restore_selection_stage(tools.pg_restore, dump, selection,
-                                                             clean=clean))
+        script = await run(pg_tools.pg_restore_selection_stage(tools.pg_restore, dump,
+                                                               selection))
     except PipelineError as exc:
         raise StepFailed("pg_restore --use-list", str(exc)) from None
-
-
-async def _cleanup_outside_schemas(tools: RestoreTools, dump: Path, toc: str) -> str:
-    """What must go before the dump recreates them: the present versions of its large objects
-    (exactly its OIDs, from the ``lo_create`` calls pg_restore writes for them) and of its
-    schema-less objects (pg_restore --clean's own DROP statements for them)."""
-    sql = ""
-    if entries := large_object_entries(toc):
-        script = await _selected_script(tools, dump, entries, "large-objects")
-        if oids := sorted({int(o) for o in re.findall(rb"lo_create\('(\d+)'\)", script)}):
-            sql += ("SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata "
-                    f"WHERE oid = ANY('{{{','.join(map(str, oids))}}}'::oid[]);\n")
-    if entries := outside_schema_entries(toc):
-        script = await _selected_script(tools, dump, entries, "outside-schemas", clean=True)
-        sql += "".join(line + "\n" for line in script.decode().splitlines()
-                       if line.startswith("DROP ") and " IF EXISTS " in line)
-    return sql
+    oids = sorted({int(o) for o in _LO_CREATE.findall(script)})
+    if not oids:
+        return ""
+    return ("SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata "
+            f"WHERE oid = ANY('{{{','.join(map(str, oids))}}}'::oid[]);\n")
 
 
 async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
@@ -155,13 +179,18 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
         toc = (await run(pg_tools.pg_restore_list_stage(tools.pg_restore, dump))).decode()
     except PipelineError as exc:
         raise StepFailed("pg_restore --list", str(exc)) from None
-    schemas = sorted(set(dump_schemas(toc))
-                     | {t["schema"] for t in doc.get("tables") or []}
-                     | {m["schema"] for m in doc.get("materialized_views") or []})
+    schemas = archive_schemas(doc)
+    if schemas is None:
+        schemas = await old_archives.schemas_from_server(ctx, dsn, dump, toc, doc, tools)
+    objects = archive_schemaless_objects(doc)
     conn = await connect_target(dsn)
     try:
         dependents = [r["name"] for r in await conn.fetch(DEPENDENTS_SQL, schemas)]
         prelude: str = await conn.fetchval(PRELUDE_SQL, schemas)
+        schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(objects))
+        if pg_tools.toc_entries(toc, "SUBSCRIPTION"):
+            schemaless += "\n" + await conn.fetchval(
+                SUBSCRIPTIONS_DROP_SQL, [s["name"] for s in doc.get("subscriptions") or []])
         version = int(await conn.fetchval("SHOW server_version_num"))
         # A newer pg_restore's script is cut to the settings this server has (see ScriptHeadFitter).
         known = ({r["name"] for r in await conn.fetch("SELECT name FROM pg_catalog.pg_settings")}
@@ -175,8 +204,10 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     if "public" in schemas:
         prelude += "\n" + (PUBLIC_15 if version >= 150000 else PUBLIC_OLD)
     # After the schemas: a server that an archive's foreign table uses can go only then (one
-    # that an outside foreign table uses makes the restore fail, and roll back).
-    prelude += "\n" + await _cleanup_outside_schemas(tools, dump, toc)
+    # that an outside foreign table uses makes the restore fail, and roll back). Named by the
+    # manifest, quoted by the target's server.
+    prelude += "\n" + schemaless + "\n"
+    prelude += await _large_objects_sql(tools, dump, toc)
     timeout_s = int(ctx.services.settings.lock_wait_timeout_s)
     head = f"SET lock_timeout = '{timeout_s}s';\nBEGIN;\n{prelude}\n"
     fitter = pg_tools.ScriptHeadFitter(known) if known is not None else None

@@ -71,7 +71,7 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path,
     await ctx.set_phase("globals")
     conn = await connect_target(dsn)
     try:
-        existing = await databases.roles(conn)
+        existing = {name: quoted for name, quoted, _ in await databases.roles(conn)}
     finally:
         await conn.close()
     script = await asyncio.to_thread(sql_file.read_text)
@@ -83,8 +83,12 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path,
                                       single_transaction=True))
     except PipelineError as exc:
         raise StepFailed("globals", str(exc)) from None
-    return {"created": plan.created, "skipped_existing": plan.skipped,
-            "login_roles": plan.login_roles}
+    conn = await connect_target(dsn)
+    try:  # what the script created, as the server names it now
+        created, login = globals_.created_roles(plan.sql, await databases.roles(conn), existing)
+    finally:
+        await conn.close()
+    return {"created": created, "skipped_existing": plan.skipped, "login_roles": login}
 
 
 async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
