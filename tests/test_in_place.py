@@ -367,7 +367,8 @@ async def test_a_name_cannot_forge_a_table_of_contents_entry(tmp_path: Path) -> 
     dump = tmp_path / "forge.dump"
     subprocess.run(["pg_dump", "-h", PG_HOST, "-U", "postgres", "-Fc", "-f", str(dump), "--", db],
                    check=True)
-    toc = (await run(pg_tools.pg_restore_list_stage(dump))).decode()
+    pg_restore = pg_clients.discover().choose("pg_restore", 15)
+    toc = (await run(pg_tools.pg_restore_list_stage(pg_restore, dump))).decode()
     assert not any(line.startswith("9999;") for line in toc.splitlines())
     assert in_place.large_object_entries(toc) == []
     assert len(pg_tools.toc_entries(toc, "SCHEMA")) == 1
