@@ -1,10 +1,9 @@
 """``create_app(settings)``: routers, lifespan and error handlers. ``uvicorn app.main:app`` serves
-the app built from the environment (built on first access, so importing this module connects to
-nothing and reads no settings)."""
+the app built from the environment on first access, after the start-up checks (so importing this
+module connects to nothing and reads no settings)."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,12 +15,12 @@ from app import logging as app_logging
 from app.archives.router import router as archives_router
 from app.audit.router import router as audit_router
 from app.backup.router import router as backup_router
-from app.config import TARGET_NAME_RE, ConfigError, Role, Settings, load_settings
+from app.config import TARGET_NAME_RE, ConfigError, Role, Settings, load_settings, report
 from app.dependencies import required_role
 from app.errors import V1_ERRORS, Forbidden, Problem, Unauthorized, install_handlers, problem
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
-from app.lifespan import lifespan
+from app.lifespan import lifespan, preflight
 from app.maintenance.router import router as maintenance_router
 from app.monitoring.router import router as monitoring_router
 from app.restore.router import router as restore_router
@@ -168,8 +167,10 @@ def __getattr__(name: str) -> Any:
     if _app is None:
         app_logging.configure()
         try:
-            _app = create_app(load_settings())
+            settings = load_settings()
+            preflight(settings)  # the server's start-up problems: one line each, exit code 2
+            _app = create_app(settings)
         except ConfigError as exc:
-            print(f"pgvault: {exc}", file=sys.stderr)
+            report(exc)
             raise SystemExit(2) from None
     return _app
