@@ -30,6 +30,8 @@ USER pgvault
 ENV PYTHONUNBUFFERED=1 PGVAULT_GPG_HOME=/var/lib/pgvault/gnupg
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
-# Migrations first (idempotent), then the server; uvicorn turns SIGTERM into a graceful stop in
-# which running jobs get PGVAULT_SHUTDOWN_GRACE_S to finish before they are cancelled.
-CMD ["sh", "-c", "alembic upgrade head && exec uvicorn app.main:app --host 0.0.0.0 --port 8000 --timeout-graceful-shutdown 30"]
+# Migrations first (idempotent; the metadata database must exist), then the server; uvicorn turns
+# SIGTERM into a graceful stop in which running jobs get PGVAULT_SHUTDOWN_GRACE_S to finish before
+# they are cancelled. pgvault logs requests itself, without query strings: no uvicorn access log.
+# The keyring mounted at PGVAULT_GPG_HOME must belong to uid 10001 (chown -R 10001, chmod 700).
+CMD ["sh", "-c", "alembic upgrade head && exec uvicorn app.main:app --host 0.0.0.0 --port 8000 --timeout-graceful-shutdown 30 --no-access-log"]

@@ -202,7 +202,8 @@ ALL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "
 
 
 class WebhookConfig(BaseModel):
-    url: HttpUrl
+    # A Slack or chat webhook URL is a credential: kept out of reprs (and so out of tracebacks).
+    url: HttpUrl = Field(repr=False)
     format: Literal["json", "slack"] = "json"
     events: list[WebhookEvent] = Field(
         default_factory=lambda: list(ALL_WEBHOOK_EVENTS))

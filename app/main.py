@@ -130,7 +130,7 @@ def v1_roles() -> list[tuple[APIRoute, Role]]:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app_logging.configure()
+    app_logging.configure(secrets=settings.secrets())
     app = FastAPI(title="pgvault", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   swagger_ui_parameters={"persistAuthorization": True})
     app.state.settings = settings
@@ -141,6 +141,8 @@ def create_app(settings: Settings) -> FastAPI:
     _add_problem_schema(app)
     app.add_middleware(V1Gate, settings=settings, roles=v1_roles())
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # Outermost: requests refused by the gate and the body limit are logged too.
+    app.add_middleware(app_logging.RequestLog)
     return app
 
 

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from app.integrations import gpg
 from app.jobs import repository as jobs_repo
+from app.logging import scrub
 
 if TYPE_CHECKING:
     from app.lifespan import Services
@@ -35,7 +36,8 @@ async def _bounded(check: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     except TimeoutError:
         return {"ok": False, "detail": f"no answer within {CHECK_TIMEOUT_S:g} s"}
     except Exception as exc:  # a check that fails in an unforeseen way is still just a failure
-        return {"ok": False, "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        # /readyz answers anyone: the text is scrubbed of secrets as log lines are.
+        return {"ok": False, "detail": f"{type(exc).__name__}: {scrub(str(exc))[:300]}"}
 
 
 async def _metadata_db(services: Services) -> dict[str, Any]:
