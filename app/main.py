@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import logging as app_logging
 from app.archives.router import router as archives_router
 from app.audit.router import router as audit_router
+from app.audit.trail import AuditTrail
 from app.backup.router import router as backup_router
 from app.config import TARGET_NAME_RE, ConfigError, Role, Settings, load_settings, report
 from app.dependencies import required_role
@@ -141,7 +142,8 @@ def create_app(settings: Settings) -> FastAPI:
     _add_problem_schema(app)
     app.add_middleware(V1Gate, settings=settings, roles=v1_roles())
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    # Outermost: requests refused by the gate and the body limit are logged too.
+    # Outermost: refusals by the gate and the body limit are audited and logged too.
+    app.add_middleware(AuditTrail, settings=settings, routes=[r for r, _ in v1_roles()])
     app.add_middleware(app_logging.RequestLog)
     return app
 
