@@ -43,6 +43,11 @@ async def test_refused_mutating_calls_are_audited(make_settings: Any, audit_db: 
         ("DELETE", "/v1/targets/pagila/archives/20260101T000000Z-abcdef", auth("admin"),
          None, 404),
         ("POST", f"/v1/jobs/{zero}/cancel", auth("viewer"), None, 403),
+        # A replayed Idempotency-Key is a call too: one event each, the first from the service.
+        ("POST", "/v1/targets/pagila/maintenance", {**auth("operator"), "Idempotency-Key": "k1"},
+         {"task": "analyze"}, 202),
+        ("POST", "/v1/targets/pagila/maintenance", {**auth("operator"), "Idempotency-Key": "k1"},
+         {"task": "analyze"}, 202),
     ]
     async with running_app(settings) as c:
         for method, path, headers, body, status in calls:
@@ -60,12 +65,14 @@ async def test_refused_mutating_calls_are_audited(make_settings: Any, audit_db: 
         ("test-operator", "archive.delete", "pagila", "forbidden"),
         ("test-admin", "archive.delete", "pagila", "not_found"),
         ("test-viewer", "job.cancel", None, "forbidden"),
+        ("test-operator", "maintenance.request", "pagila", "accepted"),
+        ("test-operator", "maintenance.request", "pagila", "accepted"),
     ]
     refused = [e for e in got if e["outcome"] != "accepted"]
     assert [e["details"]["status"] for e in refused] == [
         status for *_, status in calls if status != 202]
     assert got[7]["details"]["backup_id"] == "20260101T000000Z-abcdef"
-    assert got[-1]["job_id"] == zero
+    assert got[9]["job_id"] == zero
     assert got[5]["job_id"] is not None  # the service's own event, not a second one
     text = json.dumps(got)
     assert all(token not in text for token in TOKENS.values())
