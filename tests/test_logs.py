@@ -12,7 +12,7 @@ import pytest
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import TOKENS, auth, dsn
+from tests.conftest import TOKENS, auth, dsn, running_app
 from tests.served import served_env, uvicorn
 
 
@@ -74,3 +74,28 @@ def test_settings_repr_hides_webhook_urls() -> None:
     text = repr(settings) + str(settings)
     assert "XXXXsecretXXXX" not in text and "dbpw-123" not in text and "pass-123" not in text
 
+
+
+async def test_webhook_urls_never_reach_the_log(make_settings: Any,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """A Slack webhook URL is a credential; httpx logs every URL it posts to at INFO."""
+    from tests.test_schedules import Receiver
+
+    receiver = Receiver(fail_first=0)
+    secret = "B0000/XXXXwebhooksecretXXXX"
+    try:
+        async with running_app(make_settings(
+                webhooks=[{"url": f"{receiver.url}/services/T0000/{secret}"}])) as c:
+            services = c.app.state.services  # type: ignore[attr-defined]
+            services.notifier.emit("job.succeeded", {"target": "pagila", "summary": "done"})
+            await services.notifier.close()
+    finally:
+        receiver.server.shutdown()
+    assert [path for path, _ in receiver.received] == [f"/services/T0000/{secret}"]
+    out, err = capfd.readouterr()
+    # structlog's first argument is named 'event': a field of that name crashed the delivery task.
+    assert "Traceback" not in err
+    delivered = [json.loads(line) for line in err.splitlines()
+                 if line.startswith("{") and '"webhook_delivered"' in line]
+    assert [d["webhook_event"] for d in delivered] == ["job.succeeded"]
+    assert "XXXXwebhooksecretXXXX" not in out + err
