@@ -37,6 +37,7 @@ _PATTERNS = [
     (re.compile(r"(://[^:/@\s'\"]*:)[^@\s'\"/]+@"), r"\1***@"),
 ]
 ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD")
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 log = structlog.get_logger("pgvault.http")
@@ -149,6 +150,8 @@ class RequestLog:
             try:
                 await self.app(scope, receive, send_logged)
             finally:
-                log.info("request", method=scope["method"], path=scope["path"], status=status,
-                         duration_ms=round((time.perf_counter() - began) * 1000, 1),
-                         client=(scope.get("client") or ("-",))[0])
+                # Probes answered well are DEBUG: a load balancer polling them would drown the rest.
+                emit = log.debug if scope["path"] in PROBES and status < 400 else log.info
+                emit("request", method=scope["method"], path=scope["path"], status=status,
+                     duration_ms=round((time.perf_counter() - began) * 1000, 1),
+                     client=(scope.get("client") or ("-",))[0])
