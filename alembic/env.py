@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import context
 from app.config import PgDsn
-from app.db import connect_problem
+from app.db import connect_problem, server_error
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -72,6 +72,13 @@ async def run_async_migrations() -> None:
         try:
             await connection.run_sync(do_run_migrations)
             await connection.commit()
+        except Exception as exc:
+            # The server refused a statement (no CREATE privilege on the schema, a lock timeout):
+            # its own words say why. Anything else is a bug in a migration: its traceback stays.
+            refused = server_error(exc)
+            if dsn is None or refused is None:
+                raise
+            fail(f"migration refused by {dsn.redacted()}: {type(refused).__name__}: {refused}")
         finally:
             await connection.close()
     finally:

@@ -93,6 +93,11 @@ def connect_problem(dsn: PgDsn, exc: BaseException, then: str = UPGRADE) -> str:
     return f"{head}: {type(exc).__name__}"
 
 
+def server_error(exc: BaseException) -> asyncpg.PostgresError | None:
+    """The error the server reported, in ``exc`` or among its causes (SQLAlchemy wraps it)."""
+    return next((c for c in _causes(exc) if isinstance(c, asyncpg.PostgresError)), None)
+
+
 def _causes(exc: BaseException) -> list[BaseException]:
     found: list[BaseException] = []
     todo: list[BaseException | None] = [exc]

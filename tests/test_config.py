@@ -175,6 +175,25 @@ async def test_alembic_on_a_missing_database_is_one_line(tmp_path: Path) -> None
     one_line_and_exit_2(serve(bad_url, "-m", "alembic", "upgrade", "head"), "invalid port")
 
 
+async def test_alembic_without_create_privilege_is_one_line() -> None:
+    """PostgreSQL 15 no longer lets every user create tables in schema public."""
+    from tests.conftest import admin_conn, create_db
+
+    role = f"{PREFIX}_noddl"
+    name = await create_db(f"{PREFIX}_noddl_meta")
+    conn = await admin_conn()
+    try:
+        await conn.execute(f"CREATE ROLE {role} LOGIN")
+        env = {**os.environ, "PGVAULT_DATABASE_URL": dsn(name, role, "pw-noddl-1")}
+        done = serve(env, "-m", "alembic", "upgrade", "head")
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.close()
+    one_line_and_exit_2(done, "migration refused", "permission denied for schema public")
+    assert "pw-noddl-1" not in done.stderr + done.stdout
+
+
 def test_make_run_without_postgres_is_one_line() -> None:
     env = {**os.environ, "PGVAULT_DEV_PG": "postgresql://postgres@127.0.0.1:1"}
     one_line_and_exit_2(serve(env, "-m", "app.dev"), "psql failed", "Connection refused")
