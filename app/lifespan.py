@@ -25,6 +25,7 @@ from app.integrations.webhooks import Notifier
 from app.jobs.runner import JobRunner
 from app.monitoring.service import MonitoringPools
 from app.schedules.service import Scheduler
+from app.security import redact
 
 log = structlog.get_logger("pgvault")
 
@@ -76,6 +77,9 @@ def preflight(settings: Settings) -> None:
                 await check
             except ConfigError as exc:
                 problems.append(str(exc))
+            except Exception as exc:  # unforeseen, still one line (scrubbed of the secrets)
+                reason = redact(str(exc), settings.secrets()).replace("\n", " ")[:300]
+                problems.append(f"start-up check failed: {type(exc).__name__}: {reason}")
         if problems:
             raise ConfigError("\n".join(problems))
 

@@ -140,6 +140,12 @@ def test_missing_program_is_one_line(served: Any, tmp_path: Path) -> None:
         assert found is not None
         (bin_dir / tool).symlink_to(found)
     one_line_and_exit_2(serve(served(PATH=str(bin_dir))), "required programs", "zstd")
+    # A program that is there but does not say which version it is.
+    (bin_dir / "zstd").symlink_to(str(shutil.which("zstd")))
+    (bin_dir / "pg_dump").unlink()
+    (bin_dir / "pg_dump").write_text("#!/bin/sh\necho 'not a pg_dump'\n")
+    (bin_dir / "pg_dump").chmod(0o755)
+    one_line_and_exit_2(serve(served(PATH=f"{bin_dir}:/bin")), "cannot read the version of pg_dump")
 
 
 def test_unreadable_keyring_reports_gpg_s_reason(served: Any, gpg_key: tuple[Path, str],
