@@ -54,6 +54,15 @@ def scrub(text: str) -> str:
 
 class _Redact(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            self._scrub(record)
+        except Exception as exc:  # malformed (args that do not fit): neither raise nor leak
+            record.msg, record.args = f"unrenderable log record ({type(exc).__name__})", ()
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+    @staticmethod
+    def _scrub(record: logging.LogRecord) -> None:
         message = record.getMessage()
         cleaned = scrub(message)
         if cleaned != message:
@@ -64,7 +73,6 @@ class _Redact(logging.Filter):
             record.exc_text = scrub(record.exc_text)
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
-        return True
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
