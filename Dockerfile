@@ -59,5 +59,7 @@ ENV PYTHONUNBUFFERED=1 \
 VOLUME ["/var/lib/pgvault/work"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
-# Migrations, then uvicorn (docker/entrypoint.sh).
+# Migrations (idempotent; the metadata database must exist), then uvicorn in this process's place
+# (docker/entrypoint.sh). pgvault logs requests itself, without query strings: no uvicorn access
+# log. The keyring mounted at PGVAULT_GPG_HOME must belong to uid 10001 (chown -R 10001, chmod 700).
 ENTRYPOINT ["pgvault-entrypoint"]

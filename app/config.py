@@ -6,7 +6,10 @@ start-up (see :func:`load_settings`), not a traceback in the middle of a backup.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -21,7 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 TARGET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 DATABASE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -203,7 +206,8 @@ ALL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "
 
 
 class WebhookConfig(BaseModel):
-    url: HttpUrl
+    # A Slack or chat webhook URL is a credential: kept out of reprs (and so out of tracebacks).
+    url: HttpUrl = Field(repr=False)
     format: Literal["json", "slack"] = "json"
     events: list[WebhookEvent] = Field(
         default_factory=lambda: list(ALL_WEBHOOK_EVENTS))
@@ -359,17 +363,53 @@ class Settings(BaseSettings):
 
 
 class ConfigError(Exception):
-    """Settings that cannot work; the message is meant for the operator, one line per problem."""
+    """Settings or an environment that cannot work; the message is meant for the operator, one
+    line per problem (see :func:`report`)."""
+
+
+def report(exc: ConfigError) -> None:
+    """Print each problem as one ``pgvault:`` line on stderr (no traceback)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            print(f"pgvault: {line.strip()}", file=sys.stderr, flush=True)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
+    """One line per invalid value, naming its variable and where in the value the problem is; the
+    value itself is never shown (it may be a DSN with a password)."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "settings"
         var = "PGVAULT_" + str(err["loc"][0]).upper() if err["loc"] else "PGVAULT_*"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{var} ({loc}): {msg}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        lines.append(f"invalid configuration: {var} ({loc}): {msg}")
+    return "\n".join(lines)
+
+
+def describe_settings_error(exc: SettingsError) -> str:
+    """pydantic-settings reports a JSON value it could not parse without saying where; the
+    variable is found by its value (the parser's ``doc``), and only the position is shown."""
+    cause = exc.__cause__
+    if isinstance(cause, json.JSONDecodeError):
+        var = _variable_holding(cause.doc)
+        return (f"invalid configuration: {var}: invalid JSON at line {cause.lineno} column "
+                f"{cause.colno}: {cause.msg}")
+    return f"invalid configuration: {exc}"  # names the field and the source, never the value
+
+
+def _variable_holding(value: str) -> str:
+    for key, env_value in os.environ.items():
+        if key.upper().startswith("PGVAULT_") and env_value == value:
+            return key.upper()
+    try:
+        from dotenv import dotenv_values
+
+        for key, dotenv_value in dotenv_values(".env").items():
+            if key.upper().startswith("PGVAULT_") and dotenv_value == value:
+                return f"{key.upper()} (in .env)"
+    except OSError:
+        pass
+    return "a PGVAULT_ variable"
 
 
 def load_settings() -> Settings:
@@ -378,6 +418,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(describe_settings_error(exc)) from None
 
 
 __all__ = [
@@ -390,4 +432,5 @@ __all__ = [
     "Settings",
     "TargetConfig",
     "load_settings",
+    "report",
 ]

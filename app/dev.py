@@ -101,7 +101,8 @@ def main() -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True)
+    if subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT).returncode:
+        raise SystemExit(2)  # alembic has said why, in one line
     print(f"""
 pgvault (development defaults)
   Swagger UI : http://{HOST}:{PORT}/docs   (Authorize with the token below)
@@ -110,9 +111,26 @@ pgvault (development defaults)
   archives   : {DEV / 'archives'}
   try        : curl -s -X POST -H 'Authorization: Bearer {token}' http://{HOST}:{PORT}/v1/targets/demo/backups
 """, flush=True)
+    # pgvault logs each request itself, without its query string (app/logging.py).
     os.execv(sys.executable, [sys.executable, "-m", "uvicorn", "app.main:app", "--host", HOST,  # noqa: S606
-                              "--port", str(PORT), "--timeout-graceful-shutdown", "30"])
+                              "--port", str(PORT), "--timeout-graceful-shutdown", "30",
+                              "--no-access-log"])
+
+
+def run() -> None:
+    """``main`` with its environment's problems as one line and exit code 2 (SPEC 2.13)."""
+    try:
+        main()
+    except subprocess.CalledProcessError as exc:
+        said = (exc.stderr or b"").decode(errors="replace") if isinstance(
+            exc.stderr, bytes) else (exc.stderr or "")
+        first = said.strip().splitlines()[:1] or [f"exit code {exc.returncode}"]
+        print(f"pgvault: {exc.cmd[0]} failed: {first[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except FileNotFoundError as exc:
+        print(f"pgvault: program not found: {exc.filename}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -9,6 +9,7 @@ recipient key can encrypt.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import shutil
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from app.integrations.webhooks import Notifier
 from app.jobs.runner import JobRunner
 from app.monitoring.service import MonitoringPools
 from app.schedules.service import Scheduler
+from app.security import redact
 
 log = structlog.get_logger("pgvault")
 
@@ -60,20 +62,44 @@ async def check_tools(settings: Settings) -> pg_clients.PgClients:
     return clients
 
 
-async def start_services(settings: Settings) -> Services:
-    from app.handlers import CLEANUPS, HANDLERS
-
-    clients = await check_tools(settings)
+async def check_keyring(settings: Settings) -> None:
     try:
         await gpg.check_recipients(settings.gpg_home, settings.gpg_recipients)
     except gpg.KeyringError as exc:
         raise ConfigError(f"PGVAULT_GPG_RECIPIENTS / PGVAULT_GPG_HOME: {exc}") from None
-    try:
-        pool = await db.create_pool(settings)
-    except Exception as exc:
-        dsn = settings.metadata_dsn
-        raise ConfigError(f"PGVAULT_DATABASE_URL: cannot connect to {dsn.redacted()}: "
-                          f"{type(exc).__name__}") from None
+
+
+def preflight(settings: Settings) -> None:
+    """The start-up checks (programs, keyring, metadata database), run before a server starts
+    the app: a :class:`ConfigError` raised here can end the process with exit code 2 and one line,
+    where a failed lifespan makes uvicorn print a traceback and exit with 3.
+
+    Called while uvicorn's event loop is already running (it loads the app from inside it), so
+    the checks get a loop of their own in a worker thread."""
+    async def checks() -> None:
+        problems = []
+        for check in (check_tools(settings), check_keyring(settings),
+                      db.check_metadata(settings)):
+            try:
+                await check
+            except ConfigError as exc:
+                problems.append(str(exc))
+            except Exception as exc:  # unforeseen, still one line (scrubbed of the secrets)
+                reason = redact(str(exc), settings.secrets()).replace("\n", " ")[:300]
+                problems.append(f"start-up check failed: {type(exc).__name__}: {reason}")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        executor.submit(asyncio.run, checks()).result()
+
+
+async def start_services(settings: Settings) -> Services:
+    from app.handlers import CLEANUPS, HANDLERS
+
+    clients = await check_tools(settings)
+    await check_keyring(settings)
+    pool = await db.create_pool(settings)
     storage = await open_storage(settings)
     from app.restore.fetch import sweep_orphans
 

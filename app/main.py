@@ -1,10 +1,9 @@
 """``create_app(settings)``: routers, lifespan and error handlers. ``uvicorn app.main:app`` serves
-the app built from the environment (built on first access, so importing this module connects to
-nothing and reads no settings)."""
+the app built from the environment on first access, after the start-up checks (so importing this
+module connects to nothing and reads no settings)."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,15 +14,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import logging as app_logging
 from app.archives.router import router as archives_router
 from app.audit.router import router as audit_router
+from app.audit.trail import AuditTrail
 from app.backup.router import router as backup_router
-from app.config import TARGET_NAME_RE, ConfigError, Role, Settings, load_settings
+from app.config import TARGET_NAME_RE, ConfigError, Role, Settings, load_settings, report
 from app.dependencies import required_role
 from app.docs import openapi as docs_openapi
 from app.docs import ui as docs_ui
 from app.errors import V1_ERRORS, Forbidden, Problem, Unauthorized, install_handlers, problem
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
-from app.lifespan import lifespan
+from app.lifespan import lifespan, preflight
 from app.maintenance.router import router as maintenance_router
 from app.monitoring.router import router as monitoring_router
 from app.restore.router import router as restore_router
@@ -133,7 +133,7 @@ def v1_roles() -> list[tuple[APIRoute, Role]]:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app_logging.configure()
+    app_logging.configure(secrets=settings.secrets())
     app = FastAPI(title="pgvault", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   **_docs_options())
     app.state.settings = settings
@@ -145,6 +145,9 @@ def create_app(settings: Settings) -> FastAPI:
     _install_docs(app)
     app.add_middleware(V1Gate, settings=settings, roles=v1_roles())
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # Outermost: refusals by the gate and the body limit are audited and logged too.
+    app.add_middleware(AuditTrail, settings=settings, routes=[r for r, _ in v1_roles()])
+    app.add_middleware(app_logging.RequestLog)
     return app
 
 
@@ -193,8 +196,10 @@ def __getattr__(name: str) -> Any:
     if _app is None:
         app_logging.configure()
         try:
-            _app = create_app(load_settings())
+            settings = load_settings()
+            preflight(settings)  # the server's start-up problems: one line each, exit code 2
+            _app = create_app(settings)
         except ConfigError as exc:
-            print(f"pgvault: {exc}", file=sys.stderr)
+            report(exc)
             raise SystemExit(2) from None
     return _app

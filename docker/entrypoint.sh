@@ -5,4 +5,5 @@
 # are cancelled. A failed migration stops here with alembic's exit code, and nothing is served.
 set -eu
 alembic upgrade head
-exec uvicorn app.main:app --host 0.0.0.0 --port 8000 --timeout-graceful-shutdown 30 "$@"
+exec uvicorn app.main:app --host 0.0.0.0 --port 8000 --timeout-graceful-shutdown 30 \
+    --no-access-log "$@"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+# Set by the audit trail (app/audit/trail.py) while a mutating request runs; an event written
+# meanwhile is that request's event, and the trail writes no second one.
+request_audited: ContextVar[list[bool] | None] = ContextVar("request_audited", default=None)
 
 
 async def insert(conn: Any, *, actor: str, action: str, target: str | None, outcome: str,
@@ -13,6 +18,9 @@ async def insert(conn: Any, *, actor: str, action: str, target: str | None, outc
         """INSERT INTO audit_events (actor, action, target, outcome, job_id, details)
            VALUES ($1, $2, $3, $4, $5, $6)""",
         actor, action, target, outcome, job_id, details or {})
+    audited = request_audited.get()
+    if audited is not None:
+        audited.append(True)
 
 
 async def list_page(conn: Any, *, target: str | None, action: str | None,

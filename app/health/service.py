@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.health import metrics
 from app.integrations import gpg
+from app.logging import scrub
 
 if TYPE_CHECKING:
     from app.lifespan import Services
@@ -31,7 +32,8 @@ async def _bounded(check: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     except TimeoutError:
         return {"ok": False, "detail": f"no answer within {CHECK_TIMEOUT_S:g} s"}
     except Exception as exc:  # a check that fails in an unforeseen way is still just a failure
-        return {"ok": False, "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        # /readyz answers anyone: the text is scrubbed of secrets as log lines are.
+        return {"ok": False, "detail": f"{type(exc).__name__}: {scrub(str(exc))[:300]}"}
 
 
 async def _metadata_db(services: Services) -> dict[str, Any]:

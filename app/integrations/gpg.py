@@ -15,6 +15,8 @@ the private key has one, is fed through a file descriptor, never argv.
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +75,15 @@ def decryption_succeeded(status_text: str) -> bool:
 def _check_recipients_sync(home: Path, recipients: list[str]) -> list[RecipientKey]:
     if not home.is_dir():
         raise KeyringError(f"GnuPG home {home} does not exist or is not a directory")
+    _check_owner(home)
     try:
         gpg = gnupg.GPG(gnupghome=str(home))
         keys = gpg.list_keys()
     except (OSError, ValueError) as exc:
         raise KeyringError(f"GnuPG home {home} cannot be read: {exc}") from None
+    if keys.returncode != 0:
+        # gpg's own words ("keyblock resource ...: Permission denied"), not a missing key.
+        raise KeyringError(f"GnuPG home {home} cannot be read: {_gpg_messages(keys.stderr)}")
     by_fpr = {k["fingerprint"].upper(): k for k in keys}
     # A recipient may also name an encryption subkey.
     for key in keys:
@@ -103,6 +109,31 @@ def _check_recipients_sync(home: Path, recipients: list[str]) -> list[RecipientK
         expires = int(key["expires"]) if key.get("expires") else None
         found.append(RecipientKey(fpr, list(key.get("uids", [])), expires))
     return found
+
+
+def _check_owner(home: Path) -> None:
+    """A keyring another user owns could be given a key of theirs to encrypt to; gpg only warns
+    ("unsafe ownership on homedir") and then often fails to read or lock it. Refuse it up front."""
+    owner, me = home.stat().st_uid, os.geteuid()
+    if owner != me:
+        raise KeyringError(
+            f"GnuPG home {home} has unsafe ownership: it belongs to {_user(owner)}, but pgvault "
+            f"runs as {_user(me)}; give it to that user (chown -R {me} {home}) and make it "
+            "private (chmod 700)")
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _gpg_messages(stderr: str) -> str:
+    """gpg's human lines from its stderr (python-gnupg mixes the status lines in)."""
+    lines = [line.strip() for line in stderr.splitlines()
+             if line.startswith("gpg: ") and "WARNING: unsafe" not in line]
+    return "; ".join(dict.fromkeys(lines))[:500] or "gpg failed without a message"
 
 
 async def check_recipients(home: Path, recipients: list[str]) -> list[RecipientKey]:

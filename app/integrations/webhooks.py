@@ -62,12 +62,12 @@ class Notifier:
                     if resp.status_code == 429 or resp.status_code >= 500:
                         raise _Retryable(f"HTTP {resp.status_code}")
                     if resp.status_code >= 400:
-                        log.warning("webhook_refused", host=host, event=event,
+                        log.warning("webhook_refused", host=host, webhook_event=event,
                                     status=resp.status_code)
                         return
-            log.info("webhook_delivered", host=host, event=event)
+            log.info("webhook_delivered", host=host, webhook_event=event)
         except (httpx.TransportError, _Retryable) as exc:
-            log.warning("webhook_failed", host=host, event=event, attempts=self.attempts,
+            log.warning("webhook_failed", host=host, webhook_event=event, attempts=self.attempts,
                         error=type(exc).__name__)
 
     async def close(self, timeout: float = 5) -> None:
