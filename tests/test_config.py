@@ -145,7 +145,11 @@ def test_missing_program_is_one_line(served: Any, tmp_path: Path) -> None:
     (bin_dir / "pg_dump").unlink()
     (bin_dir / "pg_dump").write_text("#!/bin/sh\necho 'not a pg_dump'\n")
     (bin_dir / "pg_dump").chmod(0o755)
-    one_line_and_exit_2(serve(served(PATH=f"{bin_dir}:/bin")), "cannot read the version of pg_dump")
+    # Client programs are looked up by major (PGVAULT_PG_BIN_DIRS, else the Debian layout, then
+    # PATH): only there, the one pg_dump is no usable version.
+    one_line_and_exit_2(serve(served(PATH=f"{bin_dir}:/bin",
+                                     PGVAULT_PG_BIN_DIRS=json.dumps([str(bin_dir)]))),
+                        "no version of pg_dump")
 
 
 def test_unreadable_keyring_reports_gpg_s_reason(served: Any, gpg_key: tuple[Path, str],
