@@ -250,6 +250,8 @@ def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: d
         "materialized_views": catalog["materialized_views"],
         "subscriptions": catalog["subscriptions"],
         "extensions": catalog["extensions"],
+        "invalid_indexes": catalog["invalid_indexes"],
+        "not_valid_constraints": catalog["not_valid_constraints"],
     }
 
 

@@ -53,12 +53,18 @@ async def _manifest(ctx: JobContext) -> dict[str, Any]:
         raise StepFailed("manifest", exc.detail) from None
 
 
-async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path, *,
-                      jobs: int) -> None:
+async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
+                      doc: dict[str, Any], *, jobs: int) -> None:
     await ctx.set_phase("restore")
-    stage = pg_tools.pg_restore_stage(dsn, database, dump, jobs=jobs)
+    passes: list[tuple[str, ...]] = [()]
+    if jobs > 1 and any(c.get("domain") for c in doc.get("not_valid_constraints") or []):
+        # A parallel pg_restore may add a domain's NOT VALID constraint (post-data, tied to no
+        # table) before the rows that violate it are loaded, and COPY fails: the data first.
+        passes = [("pre-data", "data"), ("post-data",)]
     try:
-        await run(stage)
+        for sections in passes:
+            await run(pg_tools.pg_restore_stage(dsn, database, dump, jobs=jobs,
+                                                sections=sections))
     except PipelineError as exc:
         raise StepFailed("pg_restore", str(exc)) from None
 
@@ -93,8 +99,8 @@ async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
         "analyze": lambda c: maintenance.analyze(c),
         "materialized_views_refreshed": lambda c: maintenance.refresh_materialized_views(c),
         "row_counts": lambda c: checks.compare_rows(c, doc.get("tables") or []),
-        "invalid_indexes": checks.invalid_indexes,
-        "unvalidated_constraints": checks.unvalidated_constraints,
+        "invalid_indexes": lambda c: _invalid_indexes(c, doc),
+        "unvalidated_constraints": lambda c: _unvalidated_constraints(c, doc),
         "subscriptions": checks.subscriptions,
     }
     conn = await connect_target(dsn, database)
@@ -149,7 +155,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
             if in_place:
                 await replace_in_place(ctx, dsn, plain["database"], doc)
             else:
-                await _pg_restore(ctx, dsn, database, plain["database"],
+                await _pg_restore(ctx, dsn, database, plain["database"], doc,
                                   jobs=int(params["jobs"]))
     except BaseException:
         if created:
@@ -171,7 +177,8 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     summary = (f"restored {doc['backup_id']} into {database} in {duration:.1f} s "
                f"(RTO {'met' if result['rto_met'] else 'MISSED'}); rows "
                f"{'match' if rows_ok else 'DIFFER'}; "
-               f"{len(checklist['invalid_indexes'])} invalid index(es), "
+               f"{len(checks.made_worse(checklist['invalid_indexes']))} invalid index(es)"
+               f"{_as_in_source(checklist['invalid_indexes'])}, "
                f"{len(checklist['roles_to_reset_password'])} role(s) need a password, "
                f"{len(checklist['subscriptions_to_enable'])} subscription(s) to enable")
     return result, summary
@@ -203,13 +210,13 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
             finally:
                 await conn.close()
             try:
-                await _pg_restore(ctx, dsn, scratch, plain["database"], jobs=2)
+                await _pg_restore(ctx, dsn, scratch, plain["database"], doc, jobs=2)
                 await ctx.set_phase("compare")
                 conn = await connect_target(dsn, scratch)
                 try:
                     result["row_counts"] = await checks.compare_rows(conn, doc.get("tables") or [])
-                    result["invalid_indexes"] = await checks.invalid_indexes(conn)
-                    result["unvalidated_constraints"] = await checks.unvalidated_constraints(conn)
+                    result["invalid_indexes"] = await _invalid_indexes(conn, doc)
+                    result["unvalidated_constraints"] = await _unvalidated_constraints(conn, doc)
                 finally:
                     await conn.close()
             finally:
@@ -220,10 +227,12 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     if level == "restore":
         if not result["row_counts"]["ok"]:
             problems.append(f"{len(result['row_counts']['mismatches'])} table(s) differ")
-        if result["invalid_indexes"]:
-            problems.append(f"{len(result['invalid_indexes'])} invalid index(es)")
-        if result["unvalidated_constraints"]:
-            problems.append(f"{len(result['unvalidated_constraints'])} unvalidated constraint(s)")
+        # Only what the source did not have itself: its own ON ONLY partitioned indexes and
+        # NOT VALID constraints come back exactly as they were, as they should.
+        if worse := checks.made_worse(result["invalid_indexes"]):
+            problems.append(f"{len(worse)} invalid index(es) the source did not have")
+        if worse := checks.made_worse(result["unvalidated_constraints"]):
+            problems.append(f"{len(worse)} unvalidated constraint(s) the source did not have")
     if problems:
         # Rows that differ from the manifest condemn the archive ("compare"); an invalid index or
         # a NOT VALID constraint may have come from the source itself ("checks").
@@ -235,6 +244,21 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
                   if level == "restore" else "")
                + f" in {result['duration_s']:.1f} s")
     return result, summary
+
+
+async def _invalid_indexes(conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return checks.against_source(await checks.invalid_indexes(conn),
+                                 doc.get("invalid_indexes"), checks.INDEX_KEY)
+
+
+async def _unvalidated_constraints(conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return checks.against_source(await checks.unvalidated_constraints(conn),
+                                 doc.get("not_valid_constraints"), checks.CONSTRAINT_KEY)
+
+
+def _as_in_source(found: list[dict[str, Any]]) -> str:
+    same = len(found) - len(checks.made_worse(found))
+    return f" (+{same} as in the source)" if same else ""
 
 
 async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
