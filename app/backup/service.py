@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ from app.backup import facts, manifest
 from app.config import Settings, TargetConfig
 from app.errors import StepFailed
 from app.integrations import gpg, pg_tools
-from app.integrations.process import Pipeline, PipelineError, Stage
+from app.integrations.process import Pipeline, PipelineError, PipeWriter, Stage
 from app.integrations.storage import Storage, StorageError, Upload
 from app.integrations.streaming import Stored, pipeline_to_storage
 from app.integrations.target_db import connect_target
@@ -35,9 +37,12 @@ if TYPE_CHECKING:
 
 
 def encrypted_pipeline(first: Stage, settings: Settings) -> Pipeline:
-    return Pipeline([first, pg_tools.zstd_compress_stage(settings.zstd_level,
-                                                         settings.zstd_threads),
-                     gpg.encrypt_stage(settings.gpg_home, settings.gpg_recipients)])
+    return Pipeline([first, *_encrypt_stages(settings)])
+
+
+def _encrypt_stages(settings: Settings) -> list[Stage]:
+    return [pg_tools.zstd_compress_stage(settings.zstd_level, settings.zstd_threads),
+            gpg.encrypt_stage(settings.gpg_home, settings.gpg_recipients)]
 
 
 def _proc_wchar(pid: int) -> int | None:
@@ -88,6 +93,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
 
             # 3. The database, and its facts in the same snapshot meanwhile.
             catalog = await facts.catalog_facts(conn, target.exclude_schemas)
+            properties = await facts.database_properties(conn)
             await ctx.set_phase("dump", bytes_total=server["database_size_bytes"])
             dump_stage = pg_tools.pg_dump_stage(
                 dsn, snapshot=snapshot, lock_wait_timeout_s=settings.lock_wait_timeout_s,
@@ -105,6 +111,9 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
                     counting.cancel()
                     with contextlib.suppress(BaseException):
                         await counting
+            written.append(await _upload_document(
+                ctx, storage, "database properties", prefix + manifest.PROPERTIES_OBJECT,
+                json.dumps(properties).encode()))
     except BaseException:
         await asyncio.shield(_discard(storage, written))
         raise
@@ -115,8 +124,9 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
     # reaped it may already have deleted the objects.
     await ctx.set_phase("manifest")
     finished_at = datetime.now(UTC)
-    doc = _manifest(ctx, settings, backup_id, created_at, finished_at, server, catalog, tables,
-                    written, services.tools["pg_dump_version"], snapshot)
+    doc = _manifest(ctx, settings, backup_id, created_at, finished_at, server,
+                    {**catalog, "database_properties": properties}, tables, written,
+                    services.tools["pg_dump_version"], snapshot)
     key = manifest.manifest_key(ctx.target, backup_id)
     try:
         await ctx.assert_lease()
@@ -163,12 +173,13 @@ async def _confirm_lease(ctx: JobContext) -> None:
 
 
 async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
-                  pipeline: Pipeline) -> Stored:
+                  pipeline: Pipeline, *, started: bool = False) -> Stored:
     async def remember(upload: Upload) -> None:
         await ctx.note_cleanup("upload", {"key": upload.key, "upload_id": upload.upload_id})
 
     try:
-        await pipeline.start()
+        if not started:
+            await pipeline.start()
     except OSError as exc:
         raise StepFailed(step, f"cannot start {exc.filename or 'a tool'}: {exc.strerror}") from None
     dumper = pipeline.pids[0]
@@ -188,6 +199,38 @@ async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
         raise StepFailed(f"{step} upload", str(exc)) from None
     await ctx.note_cleanup("upload", None)
     return stored
+
+
+async def _upload_document(ctx: JobContext, storage: Storage, step: str, key: str,
+                           data: bytes) -> Stored:
+    """A small document from memory through ``zstd | gpg`` into storage, as the dump goes: its
+    plaintext never touches the disk."""
+    settings = ctx.services.settings
+    feed_r, feed_w = os.pipe()
+    feed = PipeWriter(feed_w, "document")
+    pipeline = Pipeline(_encrypt_stages(settings), stdin=feed_r)
+
+    async def fill() -> None:
+        with contextlib.suppress(BrokenPipeError):  # zstd stopped: its exit code says why
+            await feed.write(data)
+        await feed.close()
+
+    filling: asyncio.Task[None] | None = None
+    try:
+        try:
+            await pipeline.start()
+        except OSError as exc:
+            raise StepFailed(step, f"cannot start {exc.filename or 'a tool'}: "
+                                   f"{exc.strerror}") from None
+        finally:
+            os.close(feed_r)
+        filling = asyncio.create_task(fill())
+        return await _upload(ctx, storage, step, key, pipeline, started=True)
+    finally:
+        await feed.close()  # the pipeline is done or killed by now: a blocked write ends
+        if filling is not None:
+            with contextlib.suppress(BaseException):
+                await filling
 
 
 async def _no_counts(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -215,7 +258,8 @@ def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: d
               tables: list[dict[str, Any]], written: list[Stored], pg_dump_version: str,
               snapshot: str) -> dict[str, Any]:
     prefix = manifest.archive_prefix(ctx.target, backup_id)
-    kinds = {manifest.GLOBALS_OBJECT: "globals", manifest.DATABASE_OBJECT: "database"}
+    kinds = {manifest.GLOBALS_OBJECT: "globals", manifest.DATABASE_OBJECT: "database",
+             manifest.PROPERTIES_OBJECT: "database_properties"}
     objects = []
     for stored in written:
         key = stored.key.removeprefix(prefix)
@@ -252,6 +296,7 @@ def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: d
         "extensions": catalog["extensions"],
         "invalid_indexes": catalog["invalid_indexes"],
         "not_valid_constraints": catalog["not_valid_constraints"],
+        "database_properties": facts.properties_summary(catalog["database_properties"]),
     }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import shutil
 import time
@@ -31,7 +32,7 @@ from app.integrations import pg_tools
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target
 from app.maintenance import tasks as maintenance
-from app.restore import checks, databases, fetch
+from app.restore import checks, database_properties, databases, fetch
 from app.restore import globals as globals_
 from app.restore.in_place import replace_in_place
 
@@ -86,6 +87,29 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path) -> dict[st
         raise StepFailed("globals", str(exc)) from None
     return {"created": plan.created, "skipped_existing": plan.skipped,
             "login_roles": plan.login_roles}
+
+
+async def _database_properties(ctx: JobContext, dsn: PgDsn, database: str,
+                               recorded: Path | None, *, in_place: bool,
+                               asked: bool) -> dict[str, Any]:
+    """The database's own grants, settings and comment: always onto a new database; in place
+    only when asked (the target still has its own, which may be newer)."""
+    if recorded is None:
+        return {"status": "not recorded", "applied": [], "skipped": []}
+    if in_place and not asked:
+        return {"status": "not requested", "applied": [], "skipped": []}
+    await ctx.set_phase("database properties")
+    props = json.loads(await asyncio.to_thread(recorded.read_text))
+    try:  # the data is in by now: a failure here is reported, never undoes it
+        conn = await connect_target(dsn)
+        try:
+            return await database_properties.apply(conn, database, props, replace=in_place)
+        finally:
+            await conn.close()
+    except (StepFailed, asyncpg.PostgresError) as exc:
+        detail = exc.detail if isinstance(exc, StepFailed) else (
+            f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})")
+        return {"status": "failed", "applied": [], "skipped": [], "error": detail}
 
 
 async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
@@ -157,6 +181,9 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
             else:
                 await _pg_restore(ctx, dsn, database, plain["database"], doc,
                                   jobs=int(params["jobs"]))
+            properties = await _database_properties(
+                ctx, dsn, database, plain.get("database_properties"), in_place=in_place,
+                asked=bool(params.get("include_database_settings")))
     except BaseException:
         if created:
             await asyncio.shield(_drop_quietly(dsn, database))
@@ -168,6 +195,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     rto_hours = settings.rto_hours[severity]
     checklist["roles_to_reset_password"] = roles["login_roles"]
     checklist["globals"] = roles if params.get("include_globals") else None
+    checklist["database_properties"] = properties
     rows_ok = checklist["row_counts"]["ok"]
     result = {
         "backup_id": doc["backup_id"], "mode": params["mode"], "database": database,
