@@ -75,10 +75,13 @@ CROSS JOIN LATERAL (SELECT CASE d.classid
 WHERE owner.nsp IS NOT NULL AND owner.nsp NOT IN (SELECT oid FROM archive)
 ORDER BY 1"""
 
-# What CREATE DATABASE gives public, which dumps never create (PostgreSQL 15 and later).
+# What CREATE DATABASE gives public, which dumps never create (PostgreSQL 15 and later), with
+# its comment: a dump leaves that one out, and writes only a different one.
 PUBLIC_15 = ("CREATE SCHEMA public AUTHORIZATION pg_database_owner;\n"
-             "GRANT USAGE ON SCHEMA public TO PUBLIC;\n")
-PUBLIC_OLD = "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n"
+             "GRANT USAGE ON SCHEMA public TO PUBLIC;\n"
+             "COMMENT ON SCHEMA public IS 'standard public schema';\n")
+PUBLIC_OLD = ("CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n"
+              "COMMENT ON SCHEMA public IS 'standard public schema';\n")
 
 
 def toc_entries(toc: str, *kinds: str) -> list[tuple[str, str]]:

@@ -58,9 +58,10 @@ async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
                       doc: dict[str, Any], *, jobs: int) -> None:
     await ctx.set_phase("restore")
     passes: list[tuple[str, ...]] = [()]
-    if jobs > 1 and any(c.get("domain") for c in doc.get("not_valid_constraints") or []):
-        # A parallel pg_restore may add a domain's NOT VALID constraint (post-data, tied to no
-        # table) before the rows that violate it are loaded, and COPY fails: the data first.
+    if jobs > 1 and doc.get("not_valid_constraints"):
+        # A parallel pg_restore may add a NOT VALID constraint (post-data) before rows that
+        # violate it are loaded, and COPY fails: a domain's waits for no table, an inheritance
+        # parent's for none of its children. So all the data first, then the rest.
         passes = [("pre-data", "data"), ("post-data",)]
     try:
         for sections in passes:
