@@ -47,6 +47,8 @@ async def test_verify_passes_on_what_the_source_itself_has(make_settings: Any, s
 
         done = await _verify(c, "notvalid", backup_id)
         assert done["status"] == "succeeded", done["error"]
+        assert "(1 invalid index(es) and 3 NOT VALID constraint(s), as in the source)" \
+            in done["summary"]
         result = done["result"]
         assert [(i["name"], i["in_source"]) for i in result["invalid_indexes"]] == [
             ("measure_v_only", True)]
