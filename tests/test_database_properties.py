@@ -156,3 +156,32 @@ def test_list_settings_split_as_postgresql_stores_them() -> None:
     assert split_list("a,b") == ["a", "b"]
     assert split_list('""') == [""]
     assert split_list("") == []
+
+
+async def test_a_read_only_database_restores_in_both_modes(make_settings: Any) -> None:
+    # Its own settings come back last, and never bind pgvault's own sessions: the checklist
+    # refreshes its materialized view, and an in-place restore can write.
+    db = await create_db(f"{PREFIX}_readonly")
+    conn = await admin_conn(db)
+    try:
+        await conn.execute(f"""
+            CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g;
+            CREATE MATERIALIZED VIEW m AS SELECT count(*) FROM t;
+            ALTER DATABASE "{db}" SET default_transaction_read_only TO on""")
+    finally:
+        await conn.close()
+    settings = make_settings(targets={"readonly": {"dsn": dsn(db), "retention_min_backups": 1}})
+    async with running_app(settings) as c:
+        backup_id = (await backup(c, "readonly"))["result"]["backup_id"]
+        done = await restore(c, "readonly", {"backup_id": backup_id,
+                                             "database": f"{PREFIX}_readonly_new"})
+        assert done["status"] == "succeeded", done["error"]
+        checklist = done["result"]["checklist"]
+        assert checklist["errors"] == []
+        assert [m["name"] for m in checklist["materialized_views_refreshed"]] == ["public.m"]
+        assert (await properties(f"{PREFIX}_readonly_new"))["settings"] == [
+            "-: default_transaction_read_only=on"]
+        done = await restore(c, "readonly", {"backup_id": backup_id, "mode": "in_place",
+                                             "confirm": "readonly"})
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["checklist"]["errors"] == []

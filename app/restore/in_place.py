@@ -176,7 +176,10 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     # that an outside foreign table uses makes the restore fail, and roll back).
     prelude += "\n" + await _cleanup_outside_schemas(dump, toc)
     timeout_s = int(ctx.services.settings.lock_wait_timeout_s)
-    head = f"SET lock_timeout = '{timeout_s}s';\nBEGIN;\n{prelude}\n"
+    # The target's own settings (ALTER DATABASE ... SET) must not time out or forbid the
+    # replacement; pg_restore's script sets them only after the prelude.
+    head = (f"SET lock_timeout = '{timeout_s}s';\nSET statement_timeout = 0;\n"
+            f"SET default_transaction_read_only = off;\nBEGIN;\n{prelude}\n")
     await _run_in_one_transaction(dsn, dump, head)
 
 

@@ -41,6 +41,11 @@ if TYPE_CHECKING:
     from app.lifespan import Services
 
 
+# What pgvault's own sessions on a restored database need, whatever ALTER DATABASE / ALTER ROLE
+# ... SET says there: no statement timeout, and writes allowed.
+SESSION_DEFAULTS = {"statement_timeout": "0", "default_transaction_read_only": "off"}
+
+
 def default_database_name(target: str, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     return f"{target.replace('-', '_')[:40]}_restore_{now:%Y%m%d%H%M%S}"
@@ -73,7 +78,7 @@ async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
 
 async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path) -> dict[str, Any]:
     await ctx.set_phase("globals")
-    conn = await connect_target(dsn)
+    conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
     try:
         existing = await databases.roles(conn)
     finally:
@@ -90,19 +95,27 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path) -> dict[st
             "login_roles": plan.login_roles}
 
 
+async def _read_properties(plain: dict[str, Path]) -> dict[str, Any] | None:
+    if "database_properties" not in plain:
+        return None
+    loaded: dict[str, Any] = json.loads(
+        await asyncio.to_thread(plain["database_properties"].read_text))
+    return loaded
+
+
 async def _database_properties(ctx: JobContext, dsn: PgDsn, database: str,
-                               recorded: Path | None, *, in_place: bool,
+                               props: dict[str, Any] | None, *, in_place: bool,
                                asked: bool) -> dict[str, Any]:
     """The database's own grants, settings and comment: always onto a new database; in place
-    only when asked (the target still has its own, which may be newer)."""
-    if recorded is None:
+    only when asked (the target still has its own, which may be newer). Applied last: a
+    setting such as default_transaction_read_only must not stop the post-restore steps."""
+    if props is None:
         return {"status": "not recorded", "applied": [], "skipped": []}
     if in_place and not asked:
         return {"status": "not requested", "applied": [], "skipped": []}
     await ctx.set_phase("database properties")
-    props = json.loads(await asyncio.to_thread(recorded.read_text))
     try:  # the data is in by now: a failure here is reported, never undoes it
-        conn = await connect_target(dsn)
+        conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
         try:
             return await database_properties.apply(conn, database, props, replace=in_place)
         finally:
@@ -128,7 +141,8 @@ async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
         "unvalidated_constraints": lambda c: _unvalidated_constraints(c, doc),
         "subscriptions": checks.subscriptions,
     }
-    conn = await connect_target(dsn, database)
+    # The database's own settings (an in-place target keeps them) must not stop the checklist.
+    conn = await connect_target(dsn, database, settings=SESSION_DEFAULTS)
     try:
         for name, step in steps.items():
             try:
@@ -170,7 +184,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 roles = await _apply_globals(ctx, dsn, plain["globals"])
             if not in_place:
                 await ctx.set_phase("create database")
-                conn = await connect_target(dsn)
+                conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
                 try:
                     await _create_database(conn, database, doc)
                     created = True
@@ -182,9 +196,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
             else:
                 await _pg_restore(ctx, dsn, database, plain["database"], doc,
                                   jobs=int(params["jobs"]))
-            properties = await _database_properties(
-                ctx, dsn, database, plain.get("database_properties"), in_place=in_place,
-                asked=bool(params.get("include_database_settings")))
+            properties = await _read_properties(plain)
     except BaseException:
         if created:
             await asyncio.shield(_drop_quietly(dsn, database))
@@ -196,7 +208,9 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     rto_hours = settings.rto_hours[severity]
     checklist["roles_to_reset_password"] = roles["login_roles"]
     checklist["globals"] = roles if params.get("include_globals") else None
-    checklist["database_properties"] = properties
+    checklist["database_properties"] = await _database_properties(
+        ctx, dsn, database, properties, in_place=in_place,
+        asked=bool(params.get("include_database_settings")))
     rows_ok = checklist["row_counts"]["ok"]
     result = {
         "backup_id": doc["backup_id"], "mode": params["mode"], "database": database,
@@ -232,7 +246,7 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
         if level == "restore":
             scratch = f"pgvault_verify_{secrets.token_hex(4)}"
             result["scratch_database"] = scratch
-            conn = await connect_target(dsn)
+            conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
             try:
                 await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
                 await _create_database(conn, scratch, doc)
@@ -241,7 +255,7 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
             try:
                 await _pg_restore(ctx, dsn, scratch, plain["database"], doc, jobs=2)
                 await ctx.set_phase("compare")
-                conn = await connect_target(dsn, scratch)
+                conn = await connect_target(dsn, scratch, settings=SESSION_DEFAULTS)
                 try:
                     result["row_counts"] = await checks.compare_rows(conn, doc.get("tables") or [])
                     result["invalid_indexes"] = await _invalid_indexes(conn, doc)
@@ -314,7 +328,7 @@ async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
 
 async def _drop_quietly(dsn: PgDsn, database: str) -> None:
     with contextlib.suppress(Exception):
-        conn = await connect_target(dsn)
+        conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
         try:
             await databases.drop(conn, database)
         finally:
