@@ -174,6 +174,8 @@ async def _confirm_lease(ctx: JobContext) -> None:
 
 async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
                   pipeline: Pipeline, *, started: bool = False) -> Stored:
+    """Stream ``pipeline`` into ``key``. ``started``: a pipeline fed from memory (a document):
+    already running, and too small to report progress (the dump's stays the job's last)."""
     async def remember(upload: Upload) -> None:
         await ctx.note_cleanup("upload", {"key": upload.key, "upload_id": upload.upload_id})
 
@@ -192,7 +194,7 @@ async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
     try:
         stored = await pipeline_to_storage(
             pipeline, storage, key, part_size=ctx.services.settings.upload_part_size,
-            on_start=remember, on_bytes=progress)
+            on_start=remember, on_bytes=None if started else progress)
     except PipelineError as exc:
         raise StepFailed(step, str(exc)) from None
     except StorageError as exc:
