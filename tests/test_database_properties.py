@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.restore.database_properties import split_list
+from app.restore.database_properties import apply, split_list
 from tests.conftest import PREFIX, admin_conn, backup, create_db, drop_db, dsn, running_app
 from tests.test_restore import restore
 
@@ -185,3 +185,25 @@ async def test_a_read_only_database_restores_in_both_modes(make_settings: Any) -
                                              "confirm": "readonly"})
     assert done["status"] == "succeeded", done["error"]
     assert done["result"]["checklist"]["errors"] == []
+
+
+async def test_recorded_properties_are_data_never_sql() -> None:
+    db = await create_db(f"{PREFIX}_propsdata")
+    props = {"owner": "postgres", "comment": "it's; DROP DATABASE x; --",
+             "acl": [{"grantee": None, "privilege": "CONNECT", "grantable": False},
+                     {"grantee": "postgres", "privilege": "ALL; DROP TABLE t", "grantable": False},
+                     {"grantee": f"{PREFIX} nobody", "privilege": "CREATE", "grantable": True}],
+             "settings": [{"role": None, "name": "app.x'; --", "value": "a"},
+                          {"role": None, "name": "app.y", "value": "a'b; DROP"}]}
+    conn = await admin_conn()
+    try:
+        done = await apply(conn, db, props, replace=False)
+    finally:
+        await conn.close()
+    assert [s["reason"] for s in done["skipped"]] == [
+        "not a database privilege", "role does not exist on the destination",
+        "InvalidNameError (SQLSTATE 42602)"]  # the server refused the name, as a name
+    assert (await properties(db))["settings"] == ["-: app.y=a'b; DROP"]
+    assert (await properties(db))["comment"] == "it's; DROP DATABASE x; --"
+    assert (await properties(db))["acl"] == ["PUBLIC=CONNECT"]
+    await drop_db(db)

@@ -65,6 +65,8 @@ COMMENT = "SELECT format('COMMENT ON DATABASE %I IS ', $1::text) || coalesce(quo
           "'NULL')"
 
 Grant = tuple[str | None, str, bool]  # grantee (None: PUBLIC), privilege, grantable
+# The privileges a database has: the only words written into a statement unquoted.
+PRIVILEGES = frozenset({"CONNECT", "CREATE", "TEMPORARY"})
 
 
 def split_list(value: str) -> list[str]:
@@ -129,6 +131,10 @@ async def apply(conn: Any, database: str, props: dict[str, Any], *,
     else:
         wanted = set()
         for g in props["acl"]:
+            if g["privilege"] not in PRIVILEGES:
+                skipped.append({"what": f"GRANT {g['privilege']!r} ON DATABASE",
+                                "reason": "not a database privilege"})
+                continue
             grantee = dest["owner"] if g["grantee"] == props.get("owner") else g["grantee"]
             if grantee is not None and grantee not in roles:
                 skipped.append({"what": f"GRANT {g['privilege']} ON DATABASE TO {grantee}",
