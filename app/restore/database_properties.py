@@ -143,7 +143,13 @@ async def apply(conn: Any, database: str, props: dict[str, Any], *,
             wanted.add((grantee, g["privilege"], bool(g["grantable"])))
     have: set[Grant] = {(r["grantee"], r["privilege"], r["grantable"])
                         for r in await conn.fetch(ACL, database)}
+    myself = await conn.fetchval("SELECT current_user")
     for grantee, privilege, grantable in sorted(have - wanted, key=str):
+        if grantee == myself and privilege == "CONNECT":
+            # Never lock pgvault out of the database it protects.
+            skipped.append({"what": f"REVOKE CONNECT ON DATABASE FROM {grantee}",
+                            "reason": "pgvault's own role keeps its access"})
+            continue
         if (grantee, privilege, not grantable) in wanted and grantable:
             verb = "REVOKE GRANT OPTION FOR"
         elif (grantee, privilege, not grantable) in wanted:
