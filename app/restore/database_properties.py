@@ -8,7 +8,8 @@ a role missing on the destination, or one statement the connecting role may not 
 and reported, never fatal. The checklist names settings, never their values (they may be secrets).
 
 Grants are made equal, not added: what the destination database has and the source did not is
-revoked. The source owner's own privileges go to the destination's owner, as ownership does.
+revoked (except CONNECT of pgvault's own role: it must not lock itself out). The source owner's
+own privileges go to the destination's owner, as ownership does.
 """
 
 from __future__ import annotations
