@@ -17,6 +17,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DATABASE_OBJECT = "database.dump.zst.gpg"
 GLOBALS_OBJECT = "globals.sql.zst.gpg"
+# The database's own grants, settings and comment (JSON), encrypted: settings hold secrets.
+PROPERTIES_OBJECT = "database-properties.json.zst.gpg"
 _ALPHABET = string.ascii_lowercase + string.digits
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +27,7 @@ from app.backup import facts, manifest
 from app.config import Settings, TargetConfig
 from app.errors import StepFailed
 from app.integrations import gpg, pg_clients, pg_tools
-from app.integrations.process import Pipeline, PipelineError, Stage
+from app.integrations.process import Pipeline, PipelineError, PipeWriter, Stage
 from app.integrations.storage import Storage, StorageError, Upload
 from app.integrations.streaming import Stored, pipeline_to_storage
 from app.integrations.target_db import connect_target
@@ -36,9 +38,12 @@ if TYPE_CHECKING:
 
 
 def encrypted_pipeline(first: Stage, settings: Settings) -> Pipeline:
-    return Pipeline([first, pg_tools.zstd_compress_stage(settings.zstd_level,
-                                                         settings.zstd_threads),
-                     gpg.encrypt_stage(settings.gpg_home, settings.gpg_recipients)])
+    return Pipeline([first, *_encrypt_stages(settings)])
+
+
+def _encrypt_stages(settings: Settings) -> list[Stage]:
+    return [pg_tools.zstd_compress_stage(settings.zstd_level, settings.zstd_threads),
+            gpg.encrypt_stage(settings.gpg_home, settings.gpg_recipients)]
 
 
 def _proc_wchar(pid: int) -> int | None:
@@ -91,6 +96,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
 
             # 3. The database, and its facts in the same snapshot meanwhile.
             catalog = await facts.catalog_facts(conn, target.exclude_schemas)
+            properties = await facts.database_properties(conn)
             await ctx.set_phase("dump", bytes_total=server["database_size_bytes"])
             dump_stage = pg_tools.pg_dump_stage(
                 pg_dump, dsn, snapshot=snapshot, lock_wait_timeout_s=settings.lock_wait_timeout_s,
@@ -108,6 +114,9 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
                     counting.cancel()
                     with contextlib.suppress(BaseException):
                         await counting
+            written.append(await _upload_document(
+                ctx, storage, "database properties", prefix + manifest.PROPERTIES_OBJECT,
+                json.dumps(properties).encode()))
     except BaseException:
         await asyncio.shield(_discard(storage, written))
         raise
@@ -118,8 +127,9 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
     # reaped it may already have deleted the objects.
     await ctx.set_phase("manifest")
     finished_at = datetime.now(UTC)
-    doc = _manifest(ctx, settings, backup_id, created_at, finished_at, server, catalog, tables,
-                    written, tools, snapshot)
+    doc = _manifest(ctx, settings, backup_id, created_at, finished_at, server,
+                    {**catalog, "database_properties": properties}, tables, written, tools,
+                    snapshot)
     key = manifest.manifest_key(ctx.target, backup_id)
     try:
         await ctx.assert_lease()
@@ -167,12 +177,15 @@ async def _confirm_lease(ctx: JobContext) -> None:
 
 
 async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
-                  pipeline: Pipeline) -> Stored:
+                  pipeline: Pipeline, *, started: bool = False) -> Stored:
+    """Stream ``pipeline`` into ``key``. ``started``: a pipeline fed from memory (a document):
+    already running, and too small to report progress (the dump's stays the job's last)."""
     async def remember(upload: Upload) -> None:
         await ctx.note_cleanup("upload", {"key": upload.key, "upload_id": upload.upload_id})
 
     try:
-        await pipeline.start()
+        if not started:
+            await pipeline.start()
     except OSError as exc:
         raise StepFailed(step, f"cannot start {exc.filename or 'a tool'}: {exc.strerror}") from None
     dumper = pipeline.pids[0]
@@ -188,13 +201,45 @@ async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
     try:
         stored = await pipeline_to_storage(
             pipeline, storage, key, part_size=ctx.services.settings.upload_part_size,
-            on_start=remember, on_bytes=progress)
+            on_start=remember, on_bytes=None if started else progress)
     except PipelineError as exc:
         raise StepFailed(step, str(exc)) from None
     except StorageError as exc:
         raise StepFailed(f"{step} upload", str(exc)) from None
     await ctx.note_cleanup("upload", None)
     return stored
+
+
+async def _upload_document(ctx: JobContext, storage: Storage, step: str, key: str,
+                           data: bytes) -> Stored:
+    """A small document from memory through ``zstd | gpg`` into storage, as the dump goes: its
+    plaintext never touches the disk."""
+    settings = ctx.services.settings
+    feed_r, feed_w = os.pipe()
+    feed = PipeWriter(feed_w, "document")
+    pipeline = Pipeline(_encrypt_stages(settings), stdin=feed_r)
+
+    async def fill() -> None:
+        with contextlib.suppress(BrokenPipeError):  # zstd stopped: its exit code says why
+            await feed.write(data)
+        await feed.close()
+
+    filling: asyncio.Task[None] | None = None
+    try:
+        try:
+            await pipeline.start()
+        except OSError as exc:
+            raise StepFailed(step, f"cannot start {exc.filename or 'a tool'}: "
+                                   f"{exc.strerror}") from None
+        finally:
+            os.close(feed_r)
+        filling = asyncio.create_task(fill())
+        return await _upload(ctx, storage, step, key, pipeline, started=True)
+    finally:
+        await feed.close()  # the pipeline is done or killed by now: a blocked write ends
+        if filling is not None:
+            with contextlib.suppress(BaseException):
+                await filling
 
 
 async def _no_counts(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -222,7 +267,8 @@ def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: d
               tables: list[dict[str, Any]], written: list[Stored], tools: dict[str, str],
               snapshot: str) -> dict[str, Any]:
     prefix = manifest.archive_prefix(ctx.target, backup_id)
-    kinds = {manifest.GLOBALS_OBJECT: "globals", manifest.DATABASE_OBJECT: "database"}
+    kinds = {manifest.GLOBALS_OBJECT: "globals", manifest.DATABASE_OBJECT: "database",
+             manifest.PROPERTIES_OBJECT: "database_properties"}
     objects = []
     for stored in written:
         key = stored.key.removeprefix(prefix)
@@ -260,6 +306,9 @@ def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: d
         "extensions": catalog["extensions"],
         "schemas": catalog["schemas"],
         "schemaless_objects": catalog["schemaless_objects"],
+        "invalid_indexes": catalog["invalid_indexes"],
+        "not_valid_constraints": catalog["not_valid_constraints"],
+        "database_properties": facts.properties_summary(catalog["database_properties"]),
     }
 
 

@@ -74,12 +74,14 @@ def toc_entries(toc: str, *kinds: str) -> list[str]:
     return found
 
 
-def pg_restore_stage(client: Client, dsn: PgDsn, database: str, dump: Path, *,
-                     jobs: int) -> Stage:
-    """Restore into an existing (new, empty) database, ``jobs`` at a time."""
+def pg_restore_stage(client: Client, dsn: PgDsn, database: str, dump: Path, *, jobs: int,
+                     sections: tuple[str, ...] = ()) -> Stage:
+    """Restore into an existing (new, empty) database, ``jobs`` at a time; only ``sections``
+    (``pre-data``, ``data``, ``post-data``) when given."""
     argv = [client.path, "--no-password", "--exit-on-error"]
     if jobs > 1:
         argv.append(f"--jobs={jobs}")
+    argv += [f"--section={section}" for section in sections]
     # The target database as a connection string built here: a name can never become an option
     # or smuggle in other parameters.
     argv += [f"--dbname={conninfo_dbname(database)}", "--", str(dump)]

@@ -16,11 +16,16 @@ FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE NOT i.indisvalid OR NOT i.indisready ORDER BY 1, 2"""
 
+# Table constraints and domain constraints (contypid) alike: both can be NOT VALID.
 UNVALIDATED_CONSTRAINTS = """
-SELECT n.nspname AS schema, c.conname AS name, t.relname AS table
-FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
-JOIN pg_namespace n ON n.oid = t.relnamespace
+SELECT n.nspname AS schema, c.conname AS name, t.relname AS table, y.typname AS domain
+FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+LEFT JOIN pg_class t ON t.oid = c.conrelid AND c.conrelid <> 0
+LEFT JOIN pg_type y ON y.oid = c.contypid AND c.contypid <> 0
 WHERE NOT c.convalidated ORDER BY 1, 2"""
+
+INDEX_KEY = ("schema", "table", "name")
+CONSTRAINT_KEY = ("schema", "table", "domain", "name")
 
 SUBSCRIPTIONS = """SELECT subname AS name, subenabled AS enabled FROM pg_subscription
 WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"""
@@ -56,6 +61,22 @@ async def invalid_indexes(conn: Any) -> list[dict[str, Any]]:
 
 async def unvalidated_constraints(conn: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in await conn.fetch(UNVALIDATED_CONSTRAINTS)]
+
+
+def against_source(found: list[dict[str, Any]], recorded: list[dict[str, Any]] | None,
+                   key: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Mark each finding ``in_source``: whether the backed-up database had it too (pg_dump
+    reproduces NOT VALID constraints and ON ONLY partitioned indexes exactly). ``None`` when the
+    manifest predates these facts: then nothing is excused."""
+    if recorded is None:
+        return [{**f, "in_source": None} for f in found]
+    had = {tuple(r.get(k) for k in key) for r in recorded}
+    return [{**f, "in_source": tuple(f.get(k) for k in key) in had} for f in found]
+
+
+def made_worse(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The findings the restore is to blame for: not known to be in the source."""
+    return [f for f in found if f.get("in_source") is not True]
 
 
 async def subscriptions(conn: Any) -> list[dict[str, Any]]:

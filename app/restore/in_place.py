@@ -209,7 +209,10 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     prelude += "\n" + schemaless + "\n"
     prelude += await _large_objects_sql(tools, dump, toc)
     timeout_s = int(ctx.services.settings.lock_wait_timeout_s)
-    head = f"SET lock_timeout = '{timeout_s}s';\nBEGIN;\n{prelude}\n"
+    # The target's own settings (ALTER DATABASE ... SET) must not time out or forbid the
+    # replacement; pg_restore's script sets them only after the prelude.
+    head = (f"SET lock_timeout = '{timeout_s}s';\nSET statement_timeout = 0;\n"
+            f"SET default_transaction_read_only = off;\nBEGIN;\n{prelude}\n")
     fitter = pg_tools.ScriptHeadFitter(known) if known is not None else None
     await _run_in_one_transaction(dsn, dump, head, tools, fitter)
     if fitter is not None and fitter.dropped:

@@ -20,6 +20,10 @@ class RestoreRequest(BaseModel):
     confirm: str | None = Field(None, max_length=63,
                                 description="in_place only: the target's name, repeated")
     include_globals: bool = Field(False, description="restore roles first; existing ones skipped")
+    include_database_settings: bool = Field(
+        False, description="in_place only: also bring back the database's own grants, settings "
+        "(ALTER DATABASE / ALTER ROLE IN DATABASE ... SET) and comment; a new database always "
+        "gets them")
     jobs: int = Field(2, ge=1, le=16, description="parallel pg_restore jobs (new_database)")
     severity: Literal[1, 2, 3] = Field(2, description="incident severity: RTO 1 h / 4 h / 8 h")
 

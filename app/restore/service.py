@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import shutil
 import time
@@ -33,7 +34,7 @@ from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target
 from app.maintenance import tasks as maintenance
-from app.restore import checks, databases, fetch
+from app.restore import checks, database_properties, databases, fetch
 from app.restore import globals as globals_
 from app.restore.in_place import replace_in_place
 from app.restore.tools import archive_reader, restore_tools
@@ -41,6 +42,11 @@ from app.restore.tools import archive_reader, restore_tools
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
     from app.lifespan import Services
+
+
+# What pgvault's own sessions on a restored database need, whatever ALTER DATABASE / ALTER ROLE
+# ... SET says there: no statement timeout, and writes allowed.
+SESSION_DEFAULTS = {"statement_timeout": "0", "default_transaction_read_only": "off"}
 
 
 def default_database_name(target: str, now: datetime | None = None) -> str:
@@ -56,12 +62,19 @@ async def _manifest(ctx: JobContext) -> dict[str, Any]:
         raise StepFailed("manifest", exc.detail) from None
 
 
-async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path, *,
-                      jobs: int, tools: RestoreTools) -> None:
+async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
+                      doc: dict[str, Any], *, jobs: int, tools: RestoreTools) -> None:
     await ctx.set_phase("restore")
-    stage = pg_tools.pg_restore_stage(tools.use(tools.pg_restore), dsn, database, dump, jobs=jobs)
+    passes: list[tuple[str, ...]] = [()]
+    if jobs > 1 and doc.get("not_valid_constraints"):
+        # A parallel pg_restore may add a NOT VALID constraint (post-data) before rows that
+        # violate it are loaded, and COPY fails: a domain's waits for no table, an inheritance
+        # parent's for none of its children. So all the data first, then the rest.
+        passes = [("pre-data", "data"), ("post-data",)]
     try:
-        await run(stage)
+        for sections in passes:
+            await run(pg_tools.pg_restore_stage(tools.use(tools.pg_restore), dsn, database, dump,
+                                                jobs=jobs, sections=sections))
     except PipelineError as exc:
         raise StepFailed("pg_restore", str(exc)) from None
 
@@ -69,7 +82,7 @@ async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path, *,
 async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path,
                          tools: RestoreTools) -> dict[str, Any]:
     await ctx.set_phase("globals")
-    conn = await connect_target(dsn)
+    conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
     try:
         existing = {name: quoted for name, quoted, _ in await databases.roles(conn)}
     finally:
@@ -91,6 +104,37 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path,
     return {"created": created, "skipped_existing": plan.skipped, "login_roles": login}
 
 
+async def _read_properties(plain: dict[str, Path]) -> dict[str, Any] | None:
+    if "database_properties" not in plain:
+        return None
+    loaded: dict[str, Any] = json.loads(
+        await asyncio.to_thread(plain["database_properties"].read_text))
+    return loaded
+
+
+async def _database_properties(ctx: JobContext, dsn: PgDsn, database: str,
+                               props: dict[str, Any] | None, *, in_place: bool,
+                               asked: bool) -> dict[str, Any]:
+    """The database's own grants, settings and comment: always onto a new database; in place
+    only when asked (the target still has its own, which may be newer). Applied last: a
+    setting such as default_transaction_read_only must not stop the post-restore steps."""
+    if props is None:
+        return {"status": "not recorded", "applied": [], "skipped": []}
+    if in_place and not asked:
+        return {"status": "not requested", "applied": [], "skipped": []}
+    await ctx.set_phase("database properties")
+    try:  # the data is in by now: a failure here is reported, never undoes it
+        conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
+        try:
+            return await database_properties.apply(conn, database, props, replace=in_place)
+        finally:
+            await conn.close()
+    except (StepFailed, asyncpg.PostgresError) as exc:
+        detail = exc.detail if isinstance(exc, StepFailed) else (
+            f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})")
+        return {"status": "failed", "applied": [], "skipped": [], "error": detail}
+
+
 async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
                         doc: dict[str, Any]) -> dict[str, Any]:
     """The runbook's post-restore steps. The data is restored by now: a step that fails is
@@ -102,11 +146,12 @@ async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
         "analyze": lambda c: maintenance.analyze(c),
         "materialized_views_refreshed": lambda c: maintenance.refresh_materialized_views(c),
         "row_counts": lambda c: checks.compare_rows(c, doc.get("tables") or []),
-        "invalid_indexes": checks.invalid_indexes,
-        "unvalidated_constraints": checks.unvalidated_constraints,
+        "invalid_indexes": lambda c: _invalid_indexes(c, doc),
+        "unvalidated_constraints": lambda c: _unvalidated_constraints(c, doc),
         "subscriptions": checks.subscriptions,
     }
-    conn = await connect_target(dsn, database)
+    # The database's own settings (an in-place target keeps them) must not stop the checklist.
+    conn = await connect_target(dsn, database, settings=SESSION_DEFAULTS)
     try:
         for name, step in steps.items():
             try:
@@ -149,7 +194,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 roles = await _apply_globals(ctx, dsn, plain["globals"], tools)
             if not in_place:
                 await ctx.set_phase("create database")
-                conn = await connect_target(dsn)
+                conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
                 try:
                     await _create_database(conn, database, doc)
                     created = True
@@ -159,8 +204,9 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
             if in_place:
                 await replace_in_place(ctx, dsn, plain["database"], doc, tools)
             else:
-                await _pg_restore(ctx, dsn, database, plain["database"],
+                await _pg_restore(ctx, dsn, database, plain["database"], doc,
                                   jobs=int(params["jobs"]), tools=tools)
+            properties = await _read_properties(plain)
     except BaseException:
         if created:
             await asyncio.shield(_drop_quietly(dsn, database))
@@ -172,6 +218,9 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     rto_hours = settings.rto_hours[severity]
     checklist["roles_to_reset_password"] = roles["login_roles"]
     checklist["globals"] = roles if params.get("include_globals") else None
+    checklist["database_properties"] = await _database_properties(
+        ctx, dsn, database, properties, in_place=in_place,
+        asked=bool(params.get("include_database_settings")))
     rows_ok = checklist["row_counts"]["ok"]
     result = {
         "backup_id": doc["backup_id"], "mode": params["mode"], "database": database,
@@ -182,7 +231,8 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     summary = (f"restored {doc['backup_id']} into {database} in {duration:.1f} s "
                f"(RTO {'met' if result['rto_met'] else 'MISSED'}); rows "
                f"{'match' if rows_ok else 'DIFFER'}; "
-               f"{len(checklist['invalid_indexes'])} invalid index(es), "
+               f"{len(checks.made_worse(checklist['invalid_indexes']))} invalid index(es)"
+               f"{_as_in_source(checklist['invalid_indexes'])}, "
                f"{len(checklist['roles_to_reset_password'])} role(s) need a password, "
                f"{len(checklist['subscriptions_to_enable'])} subscription(s) to enable")
     return result, summary
@@ -210,21 +260,21 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
         if tools is not None:
             scratch = f"pgvault_verify_{secrets.token_hex(4)}"
             result["scratch_database"] = scratch
-            conn = await connect_target(dsn)
+            conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
             try:
                 await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
                 await _create_database(conn, scratch, doc)
             finally:
                 await conn.close()
             try:
-                await _pg_restore(ctx, dsn, scratch, plain["database"], jobs=2, tools=tools)
+                await _pg_restore(ctx, dsn, scratch, plain["database"], doc, jobs=2, tools=tools)
                 result["tools"] = tools.used
                 await ctx.set_phase("compare")
-                conn = await connect_target(dsn, scratch)
+                conn = await connect_target(dsn, scratch, settings=SESSION_DEFAULTS)
                 try:
                     result["row_counts"] = await checks.compare_rows(conn, doc.get("tables") or [])
-                    result["invalid_indexes"] = await checks.invalid_indexes(conn)
-                    result["unvalidated_constraints"] = await checks.unvalidated_constraints(conn)
+                    result["invalid_indexes"] = await _invalid_indexes(conn, doc)
+                    result["unvalidated_constraints"] = await _unvalidated_constraints(conn, doc)
                 finally:
                     await conn.close()
             finally:
@@ -235,10 +285,12 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     if level == "restore":
         if not result["row_counts"]["ok"]:
             problems.append(f"{len(result['row_counts']['mismatches'])} table(s) differ")
-        if result["invalid_indexes"]:
-            problems.append(f"{len(result['invalid_indexes'])} invalid index(es)")
-        if result["unvalidated_constraints"]:
-            problems.append(f"{len(result['unvalidated_constraints'])} unvalidated constraint(s)")
+        # Only what the source did not have itself: its own ON ONLY partitioned indexes and
+        # NOT VALID constraints come back exactly as they were, as they should.
+        if worse := checks.made_worse(result["invalid_indexes"]):
+            problems.append(f"{len(worse)} invalid index(es) the source did not have")
+        if worse := checks.made_worse(result["unvalidated_constraints"]):
+            problems.append(f"{len(worse)} unvalidated constraint(s) the source did not have")
     if problems:
         # Rows that differ from the manifest condemn the archive ("compare"); an invalid index or
         # a NOT VALID constraint may have come from the source itself ("checks").
@@ -247,9 +299,33 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     summary = (f"{level} verification of {doc['backup_id']} passed: "
                f"{result['objects_checked']} object(s), {result['toc_entries']} TOC entries"
                + (f", {result['row_counts']['tables_checked']} tables match"
-                  if level == "restore" else "")
+                  + _excused(result) if level == "restore" else "")
                + f" in {result['duration_s']:.1f} s")
     return result, summary
+
+
+async def _invalid_indexes(conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return checks.against_source(await checks.invalid_indexes(conn),
+                                 doc.get("invalid_indexes"), checks.INDEX_KEY)
+
+
+async def _unvalidated_constraints(conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return checks.against_source(await checks.unvalidated_constraints(conn),
+                                 doc.get("not_valid_constraints"), checks.CONSTRAINT_KEY)
+
+
+def _excused(result: dict[str, Any]) -> str:
+    """What the source had itself, said so: a reader must not think it went unnoticed."""
+    indexes, constraints = result["invalid_indexes"], result["unvalidated_constraints"]
+    if not indexes and not constraints:
+        return ""
+    return (f" ({len(indexes)} invalid index(es) and {len(constraints)} NOT VALID "
+            "constraint(s), as in the source)")
+
+
+def _as_in_source(found: list[dict[str, Any]]) -> str:
+    same = len(found) - len(checks.made_worse(found))
+    return f" (+{same} as in the source)" if same else ""
 
 
 async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
@@ -267,7 +343,7 @@ async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
 
 async def _drop_quietly(dsn: PgDsn, database: str) -> None:
     with contextlib.suppress(Exception):
-        conn = await connect_target(dsn)
+        conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
         try:
             await databases.drop(conn, database)
         finally:
