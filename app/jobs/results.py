@@ -55,6 +55,31 @@ class IndexRef(_Model):
     schema_: str = Field(alias="schema")
     name: str
     table: str
+    in_source: bool | None = Field(None, description="the source already had it at the "
+                                   "backup (null: the manifest predates this fact)")
+
+
+class ConstraintRef(_Model):
+    schema_: str = Field(alias="schema")
+    name: str
+    table: str | None = Field(None, description="the constraint's table (null for a domain's)")
+    domain: str | None = Field(None, description="the constraint's domain (null for a table's)")
+    in_source: bool | None = Field(None, description="the source already had it at the "
+                                   "backup (null: the manifest predates this fact)")
+
+
+class SkippedProperty(_Model):
+    what: str
+    reason: str
+
+
+class DatabaseProperties(_Model):
+    """The database's own grants, settings and comment (never the settings' values)."""
+
+    status: str = Field(examples=["applied", "not requested", "not recorded", "failed"])
+    applied: list[str]
+    skipped: list[SkippedProperty]
+    error: str | None = None
 
 
 class RowMismatch(_Model):
@@ -96,12 +121,13 @@ class RestoreChecklist(_Model):
     materialized_views_refreshed: list[RefreshedView]
     row_counts: RowCounts
     invalid_indexes: list[IndexRef]
-    unvalidated_constraints: list[IndexRef]
+    unvalidated_constraints: list[ConstraintRef]
     subscriptions_to_enable: list[str]
     errors: list[str]
     roles_to_reset_password: list[str] = Field(
         description="restored login roles: they have no password (dumped without)")
     globals: GlobalsOutcome | None = Field(description="null unless include_globals")
+    database_properties: DatabaseProperties
 
 
 class RestoreResult(_Model):
@@ -130,7 +156,7 @@ class VerifyResult(_Model):
     scratch_database: str | None = Field(None, description="restore level only; dropped after")
     row_counts: RowCounts | None = Field(None, description="restore level only")
     invalid_indexes: list[IndexRef] | None = Field(None, description="restore level only")
-    unvalidated_constraints: list[IndexRef] | None = Field(None,
+    unvalidated_constraints: list[ConstraintRef] | None = Field(None,
                                                            description="restore level only")
     duration_s: float
     tools: ToolsUsed
