@@ -17,6 +17,20 @@ class ObjectInfo:
     key: str
     size: int
     modified: datetime
+    # False: an entry pgvault cannot have written and never reads (a symbolic link, a device, a
+    # FIFO in a local folder). Listed so that its archive shows as unusable instead of vanishing.
+    usable: bool = True
+
+
+def key_parts(key: str) -> list[str]:
+    """The key's components; :class:`StorageError` for a key that could name something outside
+    the archive folders: absolute, empty, with an empty, ``.`` or ``..`` component, a NUL or a
+    backslash. S3 keys are checked too: some S3-compatible servers resolve ``..`` in the URL."""
+    parts = key.split("/")
+    if (not key or key.startswith("/") or "\\" in key or "\x00" in key
+            or any(p in ("", ".", "..") for p in parts)):
+        raise StorageError(f"storage key {key!r} is not a plain relative path")
+    return parts
 
 
 @dataclass(frozen=True)
