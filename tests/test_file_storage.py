@@ -12,7 +12,7 @@ import pytest
 
 from app.integrations.storage import StorageError
 from app.integrations.storage.file import FileStorage
-from tests.conftest import PREFIX, auth, backup, running_app, wait_job
+from tests.conftest import PREFIX, auth, backup, dsn, running_app, wait_job
 from tests.test_restore import fingerprint, restore
 
 
@@ -203,3 +203,42 @@ async def test_a_root_configured_through_a_link_is_resolved_once(tmp_path: Path)
     assert obj.usable and obj.size == 2
     with pytest.raises(KeyError):
         await store.get("t/20260102T000000Z-bbbbbb/nothing")
+
+
+async def test_deleting_an_archive_of_links_never_touches_their_targets(
+        make_settings: Any, pagila_db: str, tmp_path: Path) -> None:
+    """Issue 7.2: an archive whose objects are links to another archive's (``cp -s``, rsync, a
+    dedup tool); deleting it unlinked the other archive's files."""
+    root = tmp_path / "archives"
+    settings = make_settings(storage_url=f"file://{root}", targets={"links": {
+        "dsn": dsn(pagila_db), "retention_min_backups": 1}})
+    async with running_app(settings) as c:
+        real = (await backup(c, "links"))["result"]["backup_id"]
+        original = root / "links" / real
+        before = {p.name: p.read_bytes() for p in original.iterdir()}
+        linked_id = "20991231T000000Z-linked"
+        linked = root / "links" / linked_id
+        linked.mkdir()
+        doc = json.loads((original / "manifest.json").read_bytes())
+        (linked / "manifest.json").write_text(json.dumps({**doc, "backup_id": linked_id}))
+        for name in before:
+            if name != "manifest.json":
+                (linked / name).symlink_to(original / name)
+
+        listed = (await c.get("/v1/targets/links/archives", headers=auth("viewer"))).json()
+        shown = {a["backup_id"]: a for a in listed["items"]}
+        assert shown[linked_id]["status"] == "unreadable"
+        assert shown[linked_id]["complete"] is False
+        assert "not written by pgvault" in shown[linked_id]["reason"]
+        assert shown[real]["status"] == "complete"
+        refused = await c.post("/v1/targets/links/restores", headers=auth("admin"), json={
+            "backup_id": linked_id, "database": f"{PREFIX}_from_links"})
+        assert refused.status_code == 409, refused.text
+
+        resp = await c.delete(f"/v1/targets/links/archives/{linked_id}", headers=auth("admin"))
+        assert resp.status_code == 204, resp.text
+        assert not linked.exists()
+        assert {p.name: p.read_bytes() for p in original.iterdir()} == before
+        check = await c.post(f"/v1/targets/links/archives/{real}/verify",
+                             headers=auth("operator"), json={"level": "checksum"})
+        assert (await wait_job(c, check.json()["id"]))["status"] == "succeeded"

@@ -12,6 +12,12 @@ class StorageError(Exception):
     """A storage operation failed; the message names the operation and key, never credentials."""
 
 
+class StorageRefused(StorageError):
+    """Storage refused a key for good, not for now: a key that is not a plain relative path, or
+    in a local folder a link, a folder or a device where an object should be. Retrying will
+    not help; a human must look."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -29,7 +35,7 @@ def key_parts(key: str) -> list[str]:
     parts = key.split("/")
     if (not key or key.startswith("/") or "\\" in key or "\x00" in key
             or any(p in ("", ".", "..") for p in parts)):
-        raise StorageError(f"storage key {key!r} is not a plain relative path")
+        raise StorageRefused(f"storage key {key!r} is not a plain relative path")
     return parts
 
 

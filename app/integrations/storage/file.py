@@ -36,7 +36,13 @@ import stat
 from collections.abc import AsyncIterator, Generator, Iterator
 from datetime import UTC, datetime
 
-from app.integrations.storage.base import ObjectInfo, PendingUpload, StorageError, key_parts
+from app.integrations.storage.base import (
+    ObjectInfo,
+    PendingUpload,
+    StorageError,
+    StorageRefused,
+    key_parts,
+)
 
 UPLOAD_MARK = ".upload-"
 FILE_MODE = 0o640
@@ -48,7 +54,8 @@ _UPLOAD_ID = re.compile(r"^[0-9a-f]{1,64}$")
 
 def _refusal(key: str, exc: OSError) -> StorageError:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return StorageError(f"refused {key!r}: a symbolic link or a non-folder is in its path")
+        return StorageRefused(f"refused {key!r}: it or a folder on its path is a symbolic link "
+                              "or not a folder (pgvault never follows links)")
     return StorageError(f"cannot use {key!r}: {exc.strerror}")
 
 
@@ -218,7 +225,7 @@ class FileStorage:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             folder.close()
-            raise StorageError(f"refused {key!r}: not a regular file")
+            raise StorageRefused(f"refused {key!r}: not a regular file (a link, folder or device)")
         return fd, st, folder
 
     @staticmethod
@@ -313,7 +320,7 @@ class FileStorage:
             with contextlib.suppress(FileNotFoundError):
                 st = os.stat(folder.name, dir_fd=folder.fd, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    raise StorageError(f"refused to delete {key!r}: it is a folder")
+                    raise StorageRefused(f"refused to delete {key!r}: it is a folder")
                 # unlinkat removes this name only: a link's target, or the other names of a
                 # hard-linked file, are untouched.
                 os.unlink(folder.name, dir_fd=folder.fd)
