@@ -1,0 +1,63 @@
+"""One broken record never fails a listing page: it is shown as broken, or left out and named in
+``skipped`` with the reason. Records are broken for real, written straight into the metadata
+database as a damaged row, or as a newer pgvault version would write them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tests.conftest import PREFIX, admin_conn, auth, dsn, migrated_db, running_app
+
+
+async def test_jobs_and_audit_listings_survive_a_broken_row(make_settings: Any) -> None:
+    meta = await migrated_db(f"{PREFIX}_meta_listings")
+    conn = await admin_conn(meta)
+    damaged, newer, fine = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    try:
+        # A newer version knows a job kind this one does not (a rolling upgrade).
+        constraint = await conn.fetchval(
+            """SELECT conname FROM pg_constraint WHERE conrelid = 'jobs'::regclass
+               AND pg_get_constraintdef(oid) LIKE '%kind%'""")
+        await conn.execute(f'ALTER TABLE jobs DROP CONSTRAINT "{constraint}"')
+        insert = """INSERT INTO jobs (id, kind, target, status, requested_by, summary, result,
+                        error, created_at, finished_at)
+                    VALUES ($1, $2, 'pagila', $3, 'test', $4, $5::text::jsonb, $6::text::jsonb,
+                            now() - $7 * interval '1 minute', now())"""
+        await conn.execute(insert, fine, "backup", "succeeded", "fine", '{"backup_id": "x"}',
+                           None, 3)
+        await conn.execute(insert, damaged, "verify", "failed", "damaged", "[1, 2]", '"boom"', 2)
+        await conn.execute(insert, newer, "reconcile", "succeeded", "newer", "{}", None, 1)
+        await conn.execute(
+            """INSERT INTO audit_events (actor, action, target, outcome, details)
+               VALUES ('test', 'odd.event', 'pagila', 'ok', '"not an object"'::jsonb),
+                      ('test', 'fine.event', 'pagila', 'ok', '{"a": 1}'::jsonb)""")
+    finally:
+        await conn.close()
+
+    async with running_app(make_settings(database_url=dsn(meta))) as c:
+        resp = await c.get("/v1/jobs", headers=auth("viewer"))
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        shown = {j["id"]: j for j in page["items"]}
+        assert set(shown) == {str(fine), str(damaged)}
+        assert shown[str(damaged)]["error"]["title"] == "unreadable error record"
+        assert "unreadable" in shown[str(damaged)]["result"]
+        assert [s["id"] for s in page["skipped"]] == [str(newer)]
+        assert "kind" in page["skipped"][0]["reason"]
+        assert page["skipped"] and shown[str(fine)]["result"] == {"backup_id": "x"}
+
+        # Paging walks past a skipped row (the newest) to the others.
+        first = (await c.get("/v1/jobs?limit=1", headers=auth("viewer"))).json()
+        assert first["items"] == [] and first["next_cursor"]
+        second = (await c.get(f"/v1/jobs?limit=1&cursor={first['next_cursor']}",
+                              headers=auth("viewer"))).json()
+        assert [j["id"] for j in second["items"]] == [str(damaged)]
+        one = await c.get(f"/v1/jobs/{damaged}", headers=auth("viewer"))
+        assert one.status_code == 200, one.text
+
+        resp = await c.get("/v1/audit", headers=auth("admin"))
+        assert resp.status_code == 200, resp.text
+        events = {e["action"]: e for e in resp.json()["items"]}
+        assert "unreadable" in events["odd.event"]["details"]
+        assert events["fine.event"]["details"] == {"a": 1}
