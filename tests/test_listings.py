@@ -7,7 +7,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.conftest import PREFIX, admin_conn, auth, dsn, migrated_db, running_app
+from tests.conftest import (
+    PREFIX,
+    admin_conn,
+    auth,
+    create_db,
+    drop_db,
+    dsn,
+    migrated_db,
+    running_app,
+)
 
 
 async def test_jobs_and_audit_listings_survive_a_broken_row(make_settings: Any) -> None:
@@ -61,3 +70,35 @@ async def test_jobs_and_audit_listings_survive_a_broken_row(make_settings: Any) 
         events = {e["action"]: e for e in resp.json()["items"]}
         assert "unreadable" in events["odd.event"]["details"]
         assert events["fine.event"]["details"] == {"a": 1}
+
+
+async def test_a_snapshot_survives_one_view_that_cannot_be_taken(make_settings: Any) -> None:
+    """A table locked by a long migration makes the ``tables`` view time out (its size needs a
+    lock); the snapshot still answers with every other view and says which one is missing."""
+    db = await create_db(f"{PREFIX}_locked")
+    holder = await admin_conn(db)
+    try:
+        await holder.execute("CREATE TABLE busy (n int); INSERT INTO busy VALUES (1)")
+        settings = make_settings(targets={"locked": {"dsn": dsn(db)}},
+                                 monitoring_statement_timeout_ms=500, monitoring_cache_s=0)
+        async with running_app(settings) as c:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
+            try:
+                alone = await c.get("/v1/targets/locked/monitoring/tables",
+                                    headers=auth("viewer"))
+                assert alone.status_code == 504, alone.text
+                resp = await c.get("/v1/targets/locked/monitoring/snapshot",
+                                   headers=auth("viewer"))
+            finally:
+                await tx.rollback()
+        assert resp.status_code == 200, resp.text
+        snap = resp.json()
+        assert snap["tables"] is None and "500 ms" in snap["unavailable"]["tables"]
+        assert set(snap["unavailable"]) == {"tables"}
+        assert snap["connections"]["max_connections"] > 0 and snap["indexes"] is not None
+        assert snap["summary"].endswith("tables unavailable")
+    finally:
+        await holder.close()
+        await drop_db(db)
