@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import PREFIX, auth, backup, dsn, running_app, wait_job
+from tests.conftest import PREFIX, admin_conn, auth, backup, dsn, running_app, wait_job
 
 NOT_JSON = "20991231T000000Z-notjsn"
 FOREIGN = "20991230T000000Z-foreig"
@@ -45,19 +46,30 @@ def plant(root: Path, real: str) -> dict[str, str]:
 
 
 async def test_unreadable_manifests_are_isolated_shown_kept_and_deletable_by_an_admin(
-        make_settings: Any, pagila_db: str, tmp_path: Path) -> None:
+        make_settings: Any, pagila_db: str, metadata_db: str, tmp_path: Path) -> None:
     root = tmp_path / "archives"
     settings = make_settings(storage_url=f"file://{root}", targets={"unread": {
         "dsn": dsn(pagila_db), "retention_days": 30, "retention_min_backups": 1}})
     async with running_app(settings) as c:
         real = (await backup(c, "unread"))["result"]["backup_id"]
         reasons = plant(root, real)
+        # A damaged verification record (level is not text) must not take the listing down.
+        conn = await admin_conn(metadata_db)
+        try:
+            await conn.execute(
+                """INSERT INTO jobs (id, kind, target, status, requested_by, params, created_at,
+                       finished_at)
+                   VALUES ($1, 'verify', 'unread', 'succeeded', 'test', $2::text::jsonb, now(),
+                           now())""",
+                uuid.uuid4(), json.dumps({"backup_id": real, "level": 5}))
+        finally:
+            await conn.close()
 
         resp = await c.get("/v1/targets/unread/archives", headers=auth("viewer"))
         assert resp.status_code == 200, resp.text
         shown = {a["backup_id"]: a for a in resp.json()["items"]}
         assert shown[real]["status"] == "complete" and shown[real]["complete"] is True
-        assert shown[real]["reason"] is None
+        assert shown[real]["reason"] is None and shown[real]["verification"] is None
         for bid, reason in reasons.items():
             assert shown[bid]["status"] == "unreadable", bid
             assert shown[bid]["complete"] is False

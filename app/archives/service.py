@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import structlog
 from pydantic import BaseModel, Field, ValidationError
 
 from app import pagination
@@ -27,6 +28,8 @@ from app.security import Principal
 if TYPE_CHECKING:
     from app.lifespan import Services
 
+
+log = structlog.get_logger("pgvault.archives")
 
 MANIFEST_CACHE_MAX = 5000
 
@@ -184,12 +187,17 @@ async def _verifications(services: Services, target: str,
                          backup_ids: list[str]) -> dict[str, Verification]:
     async with services.pool.acquire() as conn:
         rows = await jobs_repo.last_verifications(conn, target, backup_ids, sorted(DAMAGE_STEPS))
-    return {
-        r["params"]["backup_id"]: Verification(
-            status=r["status"], level=r["params"].get("level", "checksum"), job_id=r["id"],
-            finished_at=r["finished_at"], summary=r["summary"], damaged=r["damaged"])
-        for r in rows
-    }
+    found: dict[str, Verification] = {}
+    for r in rows:
+        try:
+            found[r["params"]["backup_id"]] = Verification(
+                status=r["status"], level=r["params"].get("level", "checksum"), job_id=r["id"],
+                finished_at=r["finished_at"], summary=r["summary"], damaged=r["damaged"])
+        except ValidationError:
+            # A damaged job record must not take the target's listing down: its archive shows
+            # no verification, as if never verified, which is the safe reading.
+            log.warning("verification_record_unreadable", target=target, job_id=str(r["id"]))
+    return found
 
 
 async def catalogue(services: Services, target: str) -> list[Archive]:
@@ -287,7 +295,10 @@ async def _delete_archive(services: Services, caller: Principal, target: str,
 async def remove_archive(services: Services, target: str, backup_id: str) -> None:
     """Manifest first: from that instant the archive is incomplete, never half-restorable."""
     key = mf.manifest_key(target, backup_id)
-    objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
-    await services.storage.delete([key])
-    services.manifests.pop(key, None)
-    await services.storage.delete([o.key for o in objects if o.key != key])
+    try:
+        objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
+        await services.storage.delete([key])
+        services.manifests.pop(key, None)
+        await services.storage.delete([o.key for o in objects if o.key != key])
+    except StorageError as exc:
+        raise StepFailed("delete archive", f"archive {backup_id}: {exc}") from None
