@@ -65,6 +65,23 @@ async def test_jobs_and_audit_listings_survive_a_broken_row(make_settings: Any) 
         one = await c.get(f"/v1/jobs/{damaged}", headers=auth("viewer"))
         assert one.status_code == 200, one.text
 
+        # A succeeded backup whose stored result is damaged: target status still answers, and
+        # reads it as "no known good backup" (the RPO shows broken, so a human looks).
+        conn = await admin_conn(meta)
+        try:
+            await conn.execute(
+                """INSERT INTO jobs (id, kind, target, status, requested_by, result, created_at,
+                       finished_at)
+                   VALUES ($1, 'backup', 'pagila', 'succeeded', 'test', '[1]'::jsonb, now(),
+                           now() + interval '1 minute')""", uuid.uuid4())
+        finally:
+            await conn.close()
+        for path in ("/v1/targets", "/v1/targets/pagila"):
+            resp = await c.get(path, headers=auth("viewer"))
+            assert resp.status_code == 200, resp.text
+        status = resp.json()
+        assert status["last_backup"] is None and status["rpo_ok"] is False
+
         resp = await c.get("/v1/audit", headers=auth("admin"))
         assert resp.status_code == 200, resp.text
         events = {e["action"]: e for e in resp.json()["items"]}
