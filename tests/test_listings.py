@@ -81,6 +81,9 @@ async def test_jobs_and_audit_listings_survive_a_broken_row(make_settings: Any) 
             assert resp.status_code == 200, resp.text
         status = resp.json()
         assert status["last_backup"] is None and status["rpo_ok"] is False
+        metrics = await c.get("/metrics")
+        assert metrics.status_code == 200, metrics.text
+        assert 'pgvault_rpo_compliant{target="pagila"} 0.0' in metrics.text
 
         resp = await c.get("/v1/audit", headers=auth("admin"))
         assert resp.status_code == 200, resp.text

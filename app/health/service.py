@@ -91,11 +91,16 @@ async def metrics_text(services: Services) -> bytes:
     for name in names:
         row = last.get(name)
         ok = False
-        if row is not None:
+        result = row["result"] if row is not None else None
+        # A damaged job record reads as no known good backup, as target status reads it.
+        if row is not None and isinstance(result, dict) \
+                and isinstance(result.get("backup_id"), str):
             finished = row["finished_at"].timestamp()
             last_ts.labels(name).set(finished)
-            last_size.labels(name).set(row["result"].get("size_bytes", 0))
-            last_dur.labels(name).set(row["result"].get("duration_s", 0))
+            for gauge, field in ((last_size, "size_bytes"), (last_dur, "duration_s")):
+                value = result.get(field, 0)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    gauge.labels(name).set(value)
             ok = now - finished <= services.settings.rpo_hours * 3600
         rpo_ok.labels(name).set(1 if ok else 0)
     for row in counts:
