@@ -38,6 +38,8 @@ def plant(root: Path, real: str) -> dict[str, str]:
     for bid, raw in manifests.items():
         shutil.copytree(source, root / "unread" / bid)
         (root / "unread" / bid / "manifest.json").write_bytes(raw)
+    # Named like a backup id, but month 13: not an archive pgvault made; left out of listings.
+    shutil.copytree(source, root / "unread" / "20261399T000000Z-badtim")
     return {
         NOT_JSON: "not valid JSON", FOREIGN: "names another archive",
         OLD_FOREIGN: "names another archive", NOT_OBJECT: "not a JSON object",
@@ -68,6 +70,7 @@ async def test_unreadable_manifests_are_isolated_shown_kept_and_deletable_by_an_
         resp = await c.get("/v1/targets/unread/archives", headers=auth("viewer"))
         assert resp.status_code == 200, resp.text
         shown = {a["backup_id"]: a for a in resp.json()["items"]}
+        assert "20261399T000000Z-badtim" not in shown
         assert shown[real]["status"] == "complete" and shown[real]["complete"] is True
         assert shown[real]["reason"] is None and shown[real]["verification"] is None
         for bid, reason in reasons.items():

@@ -134,9 +134,19 @@ async def _scan(services: Services, target: str) -> dict[str, list[ObjectInfo]]:
     grouped: dict[str, list[ObjectInfo]] = defaultdict(list)
     for obj in objects:
         parts = obj.key.split("/")
-        if len(parts) >= 3 and BACKUP_ID_RE.match(parts[1]):
+        if len(parts) >= 3 and BACKUP_ID_RE.match(parts[1]) and _dated(parts[1]):
             grouped[parts[1]].append(obj)
     return grouped
+
+
+def _dated(backup_id: str) -> bool:
+    """A folder named like a backup id but with an impossible time (month 13) is not one
+    pgvault made; it is left out rather than failing the whole listing."""
+    try:
+        mf.backup_time(backup_id)
+    except ValueError:
+        return False
+    return True
 
 
 # Steps whose failure proves the archive broken; any other (storage unreachable, a worker lost,
