@@ -242,3 +242,25 @@ async def test_deleting_an_archive_of_links_never_touches_their_targets(
         check = await c.post(f"/v1/targets/links/archives/{real}/verify",
                              headers=auth("operator"), json={"level": "checksum"})
         assert (await wait_job(c, check.json()["id"]))["status"] == "succeeded"
+
+
+async def test_a_cancelled_read_closes_its_file_only_after_the_thread_is_done(
+        tmp_path: Path) -> None:
+    store = FileStorage(str(tmp_path / "root"))
+    key = "t/20260102T000000Z-bbbbbb/database.dump.zst.gpg"
+    await store.put(key, os.urandom(64 << 20))
+    before = len(os.listdir("/proc/self/fd"))
+
+    async def read_all(chunk_size: int = 1 << 16) -> bytes:
+        return b"".join([c async for c in store.iter_chunks(key, chunk_size)])
+
+    for _ in range(10):
+        # Big chunks: the cancellation lands while a thread is inside a read.
+        task = asyncio.create_task(read_all(32 << 20))
+        await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):  # not "generator already executing"
+            await task
+    await asyncio.sleep(0.5)  # the reads still running in threads finish, then close
+    assert len(os.listdir("/proc/self/fd")) <= before
+    assert await store.get(key) == await read_all()

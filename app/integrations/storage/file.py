@@ -261,12 +261,27 @@ class FileStorage:
         return await asyncio.to_thread(read)
 
     async def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        chunks = await asyncio.to_thread(self._chunks, key, chunk_size)
+        chunks = self._chunks(key, chunk_size)  # runs nothing until the first next()
+        step: asyncio.Future[bytes | None] | None = None
         try:
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            while True:
+                # Shielded: a cancelled caller leaves the thread's read running; the generator
+                # (and its descriptors) is closed only once that read is over, never under it.
+                step = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+                chunk = await asyncio.shield(step)
+                if chunk is None:
+                    return
                 yield chunk
         finally:
-            await asyncio.to_thread(chunks.close)
+            if step is not None and not step.done():
+                def close_after(done: asyncio.Future[bytes | None]) -> None:
+                    if not done.cancelled():
+                        done.exception()  # retrieved: nobody is waiting for it any more
+                    chunks.close()
+
+                step.add_done_callback(close_after)
+            else:
+                chunks.close()
 
     def _walk(self, prefix: str, upload_parts: bool) -> Iterator[tuple[str, os.stat_result]]:
         """(key, lstat) of every non-folder entry under the root that may start with
