@@ -122,3 +122,32 @@ async def test_a_snapshot_survives_one_view_that_cannot_be_taken(make_settings: 
     finally:
         await holder.close()
         await drop_db(db)
+
+
+async def test_one_table_with_damaged_statistics_does_not_fail_the_bloat_view(
+        make_settings: Any) -> None:
+    """A NaN null fraction in pg_statistic made one table's estimate NaN, and its cast to
+    bigint failed the whole view for every table."""
+    db = await create_db(f"{PREFIX}_nanstats")
+    conn = await admin_conn(db)
+    try:
+        await conn.execute("""
+            CREATE TABLE damaged (a int, b text); CREATE INDEX damaged_a ON damaged (a);
+            CREATE TABLE healthy (a int, b text); CREATE INDEX healthy_a ON healthy (a);
+            INSERT INTO damaged SELECT g, 'x' FROM generate_series(1, 1000) g;
+            INSERT INTO healthy SELECT g, 'x' FROM generate_series(1, 1000) g;
+            ANALYZE damaged; ANALYZE healthy;
+            UPDATE pg_statistic SET stanullfrac = 'NaN' WHERE starelid = 'damaged'::regclass""")
+        async with running_app(make_settings(targets={"nan": {"dsn": dsn(db)}})) as c:
+            resp = await c.get("/v1/targets/nan/monitoring/bloat", headers=auth("viewer"))
+            snap = await c.get("/v1/targets/nan/monitoring/snapshot", headers=auth("viewer"))
+        assert resp.status_code == 200, resp.text
+        tables = {r["table"]: r for r in resp.json()["tables"]}
+        assert tables["damaged"]["reliable"] is False
+        assert tables["healthy"]["reliable"] is True
+        indexes = {r["index"]: r for r in resp.json()["indexes"]}
+        assert indexes["damaged_a"]["reliable"] is False and indexes["healthy_a"]["reliable"]
+        assert snap.status_code == 200 and snap.json()["unavailable"] == {}
+    finally:
+        await conn.close()
+        await drop_db(db)
