@@ -1,4 +1,8 @@
-"""Opaque keyset cursors: base64 of a small JSON list; a cursor that does not decode is a 422."""
+"""Opaque keyset cursors: base64 of a small JSON list; a cursor that does not decode is a 422.
+
+A listing page never fails because of one record it cannot show: that record is left out and
+named in the page's ``skipped`` list with the reason (:class:`Skipped`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,23 @@ import base64
 import json
 from typing import Any
 
+from pydantic import BaseModel, Field, ValidationError
+
 from app.errors import InvalidRequest
+
+
+class Skipped(BaseModel):
+    """A stored record a listing could not show (written by another version, or damaged)."""
+
+    id: str = Field(description="the record's id")
+    reason: str = Field(description="why it could not be shown")
+
+
+def skipped(record_id: Any, exc: Exception) -> Skipped:
+    if isinstance(exc, ValidationError):
+        fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+        return Skipped(id=str(record_id), reason=f"malformed fields: {', '.join(fields)}")
+    return Skipped(id=str(record_id), reason=f"cannot be shown ({type(exc).__name__})")
 
 
 def encode(values: list[Any]) -> str:

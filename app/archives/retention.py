@@ -4,7 +4,9 @@ Keeps every archive younger than ``retention_days``, and whatever its age, the n
 ``retention_min_backups`` good archives (complete and not failed by their last verification) --
 so the newest good archive always survives. Removes expired archives, incomplete archives (no
 manifest) and stale multipart uploads older than the grace period, except those of a backup that
-is still running. ``dry_run`` computes exactly the same plan and changes nothing.
+is still running. Unreadable archives (a manifest that cannot be trusted, objects that are links)
+are kept and never counted as good: a human decides. ``dry_run`` computes exactly the same plan
+and changes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def plan(archives: list[Archive], *, now: datetime, retention_days: int, min_bac
             keep.append({"backup_id": bid, "reason": "a running job is writing or reading it"})
         elif bid in protected:
             keep.append({"backup_id": bid, "reason": f"one of the newest {min_backups} good"})
+        elif archive.status == "unreadable":
+            # Not pgvault's to judge: a hand-copied manifest or linked objects may be someone's
+            # only copy. Kept (and never counted as good) until an admin deletes it.
+            keep.append({"backup_id": bid,
+                         "reason": f"unreadable ({archive.reason}): needs a human"})
         elif not archive.complete:
             if archive.created_at < now - grace:
                 delete.append({"backup_id": bid, "reason": "incomplete (no manifest)"})

@@ -7,7 +7,12 @@ import contextlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import structlog
+from pydantic import BaseModel, Field, ValidationError
 
 from app import pagination
 from app.archives.schemas import Archive, ArchiveDetail, ArchiveList, Verification
@@ -15,7 +20,8 @@ from app.audit import repository as audit_repo
 from app.backup import manifest as mf
 from app.config import BACKUP_ID_RE
 from app.errors import Conflict, NotFound, StepFailed
-from app.integrations.storage import ObjectInfo, StorageError
+from app.integrations.storage import ObjectInfo, StorageError, StorageRefused
+from app.integrations.storage.base import key_parts
 from app.jobs import repository as jobs_repo
 from app.security import Principal
 
@@ -23,12 +29,66 @@ if TYPE_CHECKING:
     from app.lifespan import Services
 
 
+log = structlog.get_logger("pgvault.archives")
+
 MANIFEST_CACHE_MAX = 5000
+
+
+class ArchiveUnreadable(Conflict):
+    """The archive's manifest cannot be trusted: never restored, never counted as good."""
+
+
+class _ManifestObject(BaseModel):
+    key: str
+    size_bytes: int
+    sha256: str
+
+
+class _ManifestHead(BaseModel):
+    """The manifest fields the catalogue shows, checked before any of them is used."""
+
+    backup_id: str
+    target: str
+    finished_at: datetime | None = None
+    label: str | None = None
+    job_id: UUID | None = None
+    database_size_bytes: int | None = None
+    objects: list[_ManifestObject] = Field(default_factory=list)
+
+
+def _check_manifest(raw: bytes, target: str, backup_id: str) -> dict[str, Any]:
+    """The parsed manifest; :class:`ArchiveUnreadable` with the reason when it is not one this
+    archive can be restored from."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ArchiveUnreadable(f"the manifest of {backup_id} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ArchiveUnreadable(f"the manifest of {backup_id} is not a JSON object")
+    if doc.get("backup_id") != backup_id or doc.get("target") != target:
+        raise ArchiveUnreadable(
+            f"the manifest in {target}/{backup_id}/ names another archive "
+            f"({str(doc.get('target'))[:64]!r}, {str(doc.get('backup_id'))[:64]!r}): "
+            "copied or moved by hand?")
+    try:
+        head = _ManifestHead.model_validate(doc)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in e["loc"][:1]) for e in exc.errors()})
+        raise ArchiveUnreadable(f"the manifest of {backup_id} has malformed fields: "
+                                f"{', '.join(fields)}") from None
+    for obj in head.objects:
+        try:
+            key_parts(obj.key)
+        except StorageError:
+            raise ArchiveUnreadable(f"the manifest of {backup_id} lists an object outside its "
+                                    f"archive folder ({obj.key[:100]!r})") from None
+    return doc
 
 
 async def load_manifest(services: Services, target: str, backup_id: str, *,
                         fresh: bool = False) -> dict[str, Any]:
-    """The archive's manifest; :class:`NotFound` when there is none (incomplete or absent).
+    """The archive's manifest; :class:`NotFound` when there is none (incomplete or absent),
+    :class:`ArchiveUnreadable` (409) when it cannot be trusted.
 
     Manifests never change, so listings use a per-process cache; ``fresh`` reads storage, for
     callers that must not act on an archive another replica deleted."""
@@ -40,17 +100,29 @@ async def load_manifest(services: Services, target: str, backup_id: str, *,
         raw = await services.storage.get(key)
     except KeyError:
         raise NotFound(f"no complete archive {backup_id} for target {target}") from None
+    except StorageRefused as exc:
+        raise ArchiveUnreadable(str(exc)) from None
     except StorageError as exc:
         raise StepFailed("read manifest", str(exc)) from None
-    try:
-        doc: dict[str, Any] = json.loads(raw)
-    except ValueError:
-        raise StepFailed("read manifest", f"manifest of {backup_id} is not valid JSON") from None
-    if doc.get("backup_id") != backup_id or doc.get("target") != target:
-        raise StepFailed("read manifest", f"the manifest under {key} names another archive")
+    doc = _check_manifest(raw, target, backup_id)
     if len(services.manifests) >= MANIFEST_CACHE_MAX:
         services.manifests.clear()
     services.manifests[key] = doc
+    return doc
+
+
+async def usable_manifest(services: Services, target: str, backup_id: str) -> dict[str, Any]:
+    """The manifest of an archive a restore or verification may read, fresh from storage:
+    :class:`NotFound` without one, :class:`ArchiveUnreadable` (409) when it cannot be trusted
+    or its objects are not files pgvault wrote (links)."""
+    doc = await load_manifest(services, target, backup_id, fresh=True)
+    try:
+        objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
+    except StorageError as exc:
+        raise StepFailed("list archive", str(exc)) from None
+    archive = _archive(target, backup_id, objects, doc, None)
+    if archive.reason is not None:
+        raise ArchiveUnreadable(f"archive {backup_id} is unreadable: {archive.reason}")
     return doc
 
 
@@ -62,9 +134,19 @@ async def _scan(services: Services, target: str) -> dict[str, list[ObjectInfo]]:
     grouped: dict[str, list[ObjectInfo]] = defaultdict(list)
     for obj in objects:
         parts = obj.key.split("/")
-        if len(parts) >= 3 and BACKUP_ID_RE.match(parts[1]):
+        if len(parts) >= 3 and BACKUP_ID_RE.match(parts[1]) and _dated(parts[1]):
             grouped[parts[1]].append(obj)
     return grouped
+
+
+def _dated(backup_id: str) -> bool:
+    """A folder named like a backup id but with an impossible time (month 13) is not one
+    pgvault made; it is left out rather than failing the whole listing."""
+    try:
+        mf.backup_time(backup_id)
+    except ValueError:
+        return False
+    return True
 
 
 # Steps whose failure proves the archive broken; any other (storage unreachable, a worker lost,
@@ -73,34 +155,59 @@ DAMAGE_STEPS = frozenset({"checksum", "decrypt", "pg_restore --list", "compare"}
 
 
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
-             doc: dict[str, Any] | None, verification: Verification | None) -> Archive:
-    size = sum(o.size for o in objects if not o.key.endswith(mf.MANIFEST))
+             doc: dict[str, Any] | str | None, verification: Verification | None) -> Archive:
+    """``doc``: the manifest, None when there is none, or why it is unreadable."""
+    size = sum(o.size for o in objects if o.usable and not o.key.endswith(mf.MANIFEST))
+    foreign = [o.key.split("/", 2)[-1] for o in objects if not o.usable]
+    reason = doc if isinstance(doc, str) else None
+    if reason is None and foreign:
+        reason = (f"{', '.join(foreign[:3])} {'is' if len(foreign) == 1 else 'are'} not a "
+                  "regular file (a link?): not written by pgvault")
+    manifest = doc if isinstance(doc, dict) else None
     # Complete: a manifest, and every object it lists present at its size (a manifest that
     # outlived its objects, or an object cut short, is no backup).
-    stored = {o.key.split("/", 2)[-1]: o.size for o in objects}
-    complete = doc is not None and all(
-        stored.get(obj.get("key")) == obj.get("size_bytes") for obj in doc.get("objects") or [])
+    stored = {o.key.split("/", 2)[-1]: o.size for o in objects if o.usable}
+    complete = reason is None and manifest is not None and all(
+        stored.get(obj["key"]) == obj["size_bytes"] for obj in manifest.get("objects") or [])
+    status = "unreadable" if reason else "complete" if complete else "incomplete"
     return Archive(
         backup_id=backup_id, target=target, created_at=mf.backup_time(backup_id),
-        finished_at=doc.get("finished_at") if doc else None,
-        size_bytes=size, complete=complete,
-        label=doc.get("label") if doc else None,
-        job_id=doc.get("job_id") if doc else None,
-        database_size_bytes=doc.get("database_size_bytes") if doc else None,
+        finished_at=manifest.get("finished_at") if manifest else None,
+        size_bytes=size, complete=complete, status=status, reason=reason,
+        label=manifest.get("label") if manifest else None,
+        job_id=manifest.get("job_id") if manifest else None,
+        database_size_bytes=manifest.get("database_size_bytes") if manifest else None,
         verification=verification,
     )
+
+
+async def _manifest_or_reason(services: Services, target: str,
+                              backup_id: str) -> dict[str, Any] | str | None:
+    """The manifest, None when there is none, or why it cannot be used: one bad archive shows
+    as unreadable instead of failing the whole listing."""
+    try:
+        return await load_manifest(services, target, backup_id)
+    except NotFound:
+        return None
+    except (ArchiveUnreadable, StepFailed) as exc:
+        return exc.detail
 
 
 async def _verifications(services: Services, target: str,
                          backup_ids: list[str]) -> dict[str, Verification]:
     async with services.pool.acquire() as conn:
         rows = await jobs_repo.last_verifications(conn, target, backup_ids, sorted(DAMAGE_STEPS))
-    return {
-        r["params"]["backup_id"]: Verification(
-            status=r["status"], level=r["params"].get("level", "checksum"), job_id=r["id"],
-            finished_at=r["finished_at"], summary=r["summary"], damaged=r["damaged"])
-        for r in rows
-    }
+    found: dict[str, Verification] = {}
+    for r in rows:
+        try:
+            found[r["params"]["backup_id"]] = Verification(
+                status=r["status"], level=r["params"].get("level", "checksum"), job_id=r["id"],
+                finished_at=r["finished_at"], summary=r["summary"], damaged=r["damaged"])
+        except ValidationError:
+            # A damaged job record must not take the target's listing down: its archive shows
+            # no verification, as if never verified, which is the safe reading.
+            log.warning("verification_record_unreadable", target=target, job_id=str(r["id"]))
+    return found
 
 
 async def catalogue(services: Services, target: str) -> list[Archive]:
@@ -110,9 +217,9 @@ async def catalogue(services: Services, target: str) -> list[Archive]:
     complete = [b for b in ids if any(o.key.endswith("/" + mf.MANIFEST) for o in grouped[b])]
     sem = asyncio.Semaphore(8)
 
-    async def load(backup_id: str) -> tuple[str, dict[str, Any]]:
+    async def load(backup_id: str) -> tuple[str, dict[str, Any] | str | None]:
         async with sem:
-            return backup_id, await load_manifest(services, target, backup_id)
+            return backup_id, await _manifest_or_reason(services, target, backup_id)
 
     docs = dict(await asyncio.gather(*(load(b) for b in complete)))
     checks = await _verifications(services, target, ids)
@@ -135,14 +242,12 @@ async def get_archive(services: Services, target: str, backup_id: str) -> Archiv
     grouped = await _scan(services, target)
     if backup_id not in grouped:
         raise NotFound(f"no archive {backup_id} for target {target}")
-    doc: dict[str, Any] | None
-    try:
-        doc = await load_manifest(services, target, backup_id)
-    except NotFound:
-        doc = None
+    doc = await _manifest_or_reason(services, target, backup_id)
     checks = await _verifications(services, target, [backup_id])
     archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id))
-    return ArchiveDetail(**archive.model_dump(), manifest=doc)
+    return ArchiveDetail(**archive.model_dump(),
+                         manifest=doc if isinstance(doc, dict) and archive.reason is None
+                         else None)
 
 
 def is_good(archive: Archive) -> bool:
@@ -200,7 +305,10 @@ async def _delete_archive(services: Services, caller: Principal, target: str,
 async def remove_archive(services: Services, target: str, backup_id: str) -> None:
     """Manifest first: from that instant the archive is incomplete, never half-restorable."""
     key = mf.manifest_key(target, backup_id)
-    objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
-    await services.storage.delete([key])
-    services.manifests.pop(key, None)
-    await services.storage.delete([o.key for o in objects if o.key != key])
+    try:
+        objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
+        await services.storage.delete([key])
+        services.manifests.pop(key, None)
+        await services.storage.delete([o.key for o in objects if o.key != key])
+    except StorageError as exc:
+        raise StepFailed("delete archive", f"archive {backup_id}: {exc}") from None

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 
 from app import pagination
 from app.audit import repository
@@ -29,6 +29,9 @@ class AuditEvent(BaseModel):
 class AuditList(BaseModel):
     items: list[AuditEvent]
     next_cursor: str | None
+    skipped: list[pagination.Skipped] = Field(default_factory=list, description=(
+        "events on this page that could not be shown, with the reason; the page goes on "
+        "without them"))
 
 
 @router.get("", response_model=AuditList)
@@ -50,8 +53,18 @@ async def list_audit(
     async with services.pool.acquire() as conn:
         rows = await repository.list_page(conn, target=target, action=action, after=key,
                                           limit=limit + 1)
-    items = [AuditEvent(**dict(r)) for r in rows[:limit]]
+    items: list[AuditEvent] = []
+    skipped: list[pagination.Skipped] = []
+    for row in rows[:limit]:
+        event = dict(row)
+        if not isinstance(event["details"], dict):  # damaged: show the event, say so
+            event["details"] = {"unreadable": "the stored details are not a JSON object"}
+        try:
+            items.append(AuditEvent(**event))
+        except ValidationError as exc:
+            skipped.append(pagination.skipped(row["id"], exc))
     next_cursor = None
     if len(rows) > limit:
-        next_cursor = pagination.encode([items[-1].at.isoformat(), items[-1].id])
-    return AuditList(items=items, next_cursor=next_cursor)
+        last = rows[limit - 1]  # the last row read, shown or skipped
+        next_cursor = pagination.encode([last["at"].isoformat(), last["id"]])
+    return AuditList(items=items, next_cursor=next_cursor, skipped=skipped)

@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.jobs.results import JobResult
+from app.pagination import Skipped
 
 JobKind = Literal["backup", "restore", "verify", "retention", "maintenance"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -51,6 +52,8 @@ class Job(BaseModel):
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
+        """The job as shown; a stored error or result not in the expected shape (damaged, or
+        written by another version) shows as such instead of failing every page it is on."""
         return cls(
             id=row["id"], kind=row["kind"], target=row["target"], status=row["status"],
             phase=row["phase"],
@@ -58,11 +61,31 @@ class Job(BaseModel):
                               bytes_uploaded=row["bytes_uploaded"]),
             created_at=row["created_at"], started_at=row["started_at"],
             finished_at=row["finished_at"], requested_by=row["requested_by"],
-            error=JobError(**row["error"]) if row["error"] else None,
-            result=row["result"] or {}, summary=row["summary"],
+            error=_error(row["error"]), result=_result(row["result"]), summary=row["summary"],
         )
+
+
+def _error(stored: Any) -> JobError | None:
+    if not stored:
+        return None
+    try:
+        return JobError.model_validate(stored)
+    except ValidationError:
+        return JobError(title="unreadable error record",
+                        detail="the stored error of this job is not in the expected shape")
+
+
+def _result(stored: Any) -> dict[str, Any]:
+    if stored is None:
+        return {}
+    if isinstance(stored, dict):
+        return stored
+    return {"unreadable": "the stored result of this job is not a JSON object"}
 
 
 class JobList(BaseModel):
     items: list[Job]
     next_cursor: str | None
+    skipped: list[Skipped] = Field(default_factory=list, description=(
+        "jobs on this page that could not be shown (damaged, or of a kind this version does "
+        "not know), with the reason; the page goes on without them"))

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from app import pagination
 from app.audit import repository as audit_repo
@@ -128,12 +129,18 @@ async def list_jobs(services: Services, *, target: str | None, kind: str | None,
     async with services.pool.acquire() as conn:
         rows = await repo.list_page(conn, target=target, kind=kind, status=status, after=key,
                                     limit=limit + 1)
-    items = [Job.from_row(r) for r in rows[:limit]]
+    items: list[Job] = []
+    skipped: list[pagination.Skipped] = []
+    for row in rows[:limit]:
+        try:
+            items.append(Job.from_row(row))
+        except (ValidationError, TypeError, ValueError) as exc:
+            skipped.append(pagination.skipped(row["id"], exc))
     next_cursor = None
     if len(rows) > limit:
-        last = items[-1]
-        next_cursor = pagination.encode([last.created_at.isoformat(), str(last.id)])
-    return JobList(items=items, next_cursor=next_cursor)
+        last = rows[limit - 1]  # the last row read, shown or skipped
+        next_cursor = pagination.encode([last["created_at"].isoformat(), str(last["id"])])
+    return JobList(items=items, next_cursor=next_cursor, skipped=skipped)
 
 
 async def cancel(services: Services, caller: Principal, job_id: uuid.UUID) -> Job:

@@ -19,6 +19,11 @@ from typing import Any
 
 _USER_SCHEMA = "{ns}.nspname <> 'information_schema' AND {ns}.nspname !~ '^pg_'"
 
+# Statistics out of their range (a NaN null fraction from a damaged pg_statistic) would turn
+# one table's estimate into NaN and fail the whole view casting it to bigint: such a column
+# counts as having no statistics, so its row is estimated from defaults and marked unreliable.
+_SANE_STATS = "s.null_frac BETWEEN 0 AND 1 AND s.avg_width >= 0"
+
 # MAXALIGN is 8 on every 64-bit build and 4 on 32-bit ones; the server does not expose it.
 _CONSTS = """consts AS (
     SELECT current_setting('block_size')::float8 AS bs,
@@ -96,6 +101,7 @@ cols AS (
     JOIN pg_attribute att ON att.attrelid = tbl.oid AND att.attnum > 0 AND NOT att.attisdropped
     LEFT JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = tbl.relname
                         AND s.attname = att.attname AND NOT s.inherited
+                        AND {_SANE_STATS}
     LEFT JOIN pg_class toast ON toast.oid = tbl.reltoastrelid
     WHERE tbl.relkind IN ('r', 'm') AND {_USER_SCHEMA.format(ns="ns")}
     GROUP BY tbl.oid, ns.nspname, tbl.relname, tbl.reltuples, tbl.relpages, tbl.reloptions,
@@ -173,6 +179,7 @@ widths AS (
     FROM cols c
     LEFT JOIN pg_stats s ON s.schemaname = c.schema AND s.tablename = c.stats_rel
                         AND s.attname = c.attname AND NOT s.inherited
+                        AND {_SANE_STATS}
     GROUP BY c.idxoid
 ),
 est AS (

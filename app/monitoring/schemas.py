@@ -142,10 +142,13 @@ class SnapshotView(_View):
     summary: str = Field(description="one line for chat bots, e.g. '12/100 connections (12%), "
                          "2 long-running queries, 3 unused indexes (48 MB), 1 invalid index, "
                          "worst bloat: public.orders 37% (1.2 GB)'")
-    connections: ConnectionsView
-    bloat: BloatView
-    indexes: IndexesView
-    tables: TablesView
+    unavailable: dict[str, str] = Field(description=(
+        "views that could not be taken this time (query timed out or refused), with the "
+        "reason; each is null below, and the others are still there"))
+    connections: ConnectionsView | None
+    bloat: BloatView | None
+    indexes: IndexesView | None
+    tables: TablesView | None
 
 
 MonitoringView = ConnectionsView | BloatView | IndexesView | TablesView | SnapshotView

@@ -286,6 +286,35 @@ _PARTS: dict[str, Callable[[Any, Settings, int], Awaitable[dict[str, Any]]]] = {
 }
 
 
+async def _snapshot(conn: Any, settings: Settings, target: str, taken_at: str, limit: int,
+                    timeout_ms: int) -> dict[str, Any]:
+    """Every view; one that fails (its query timed out or was refused) is null and named in
+    ``unavailable`` with the reason, and the others are still returned. A lost connection
+    fails the whole call (it is retried), and so does every view failing."""
+    parts: dict[str, dict[str, Any] | None] = {}
+    unavailable: dict[str, str] = {}
+    first: asyncpg.exceptions.PostgresError | None = None
+    for name, part in _PARTS.items():
+        try:
+            parts[name] = {"target": target, "taken_at": taken_at,
+                           **await part(conn, settings, limit)}
+        except _CONNECTION_LOST:
+            raise
+        except asyncpg.exceptions.PostgresError as exc:
+            first = first or exc
+            parts[name] = None
+            unavailable[name] = (
+                f"its query ran longer than {timeout_ms} ms and was cancelled"
+                if isinstance(exc, asyncpg.exceptions.QueryCanceledError)
+                else f"its query failed (SQLSTATE {exc.sqlstate})")
+            log.warning("monitoring_view_unavailable", target=target, view=name,
+                        sqlstate=exc.sqlstate)
+    if first is not None and len(unavailable) == len(_PARTS):
+        raise first
+    return {"target": target, "taken_at": taken_at, "summary": summarize(parts),
+            "unavailable": unavailable, **parts}
+
+
 def _without(row: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in keys}
 
@@ -308,10 +337,8 @@ async def get_view(pools: MonitoringPools, settings: Settings, target: str, view
         if view != "snapshot":
             return {"target": target, "taken_at": taken_at,
                     **await _PARTS[view](conn, settings, limit)}
-        parts = {name: {"target": target, "taken_at": taken_at,
-                        **await part(conn, settings, limit)}
-                 for name, part in _PARTS.items()}
-        return {"target": target, "taken_at": taken_at, "summary": summarize(parts), **parts}
+        return await _snapshot(conn, settings, target, taken_at, limit,
+                               pools.statement_timeout_ms)
 
     result = await pools.shared((target, view, limit), lambda: pools.run(target, work))
     log.debug("monitoring_view", target=target, view=view,
@@ -347,25 +374,39 @@ def _plural(count: int, one: str, many: str) -> str:
 
 def _worst_bloat(bloat: dict[str, Any]) -> str:
     candidates = [(row["bloat_bytes"], f"{row['schema']}.{row['table']}", row["bloat_ratio"])
-                  for row in bloat["tables"] if row["reliable"] and row["bloat_bytes"]]
+                  for row in bloat["tables"]
+                  if row["reliable"] and row["bloat_bytes"] and row["bloat_ratio"] is not None]
     candidates += [(row["bloat_bytes"], f"{row['schema']}.{row['index']} (index)",
                     row["bloat_ratio"])
-                   for row in bloat["indexes"] if row["reliable"] and row["bloat_bytes"]]
+                   for row in bloat["indexes"]
+                   if row["reliable"] and row["bloat_bytes"] and row["bloat_ratio"] is not None]
     if not candidates:
         return "worst bloat: none estimated"
     size, name, ratio = max(candidates, key=lambda c: c[0])
     return f"worst bloat: {name} {ratio * 100:.0f}% ({human_bytes(size)})"
 
 
-def summarize(parts: dict[str, dict[str, Any]]) -> str:
-    """One line a chat bot can post as is."""
-    conns, idx = parts["connections"], parts["indexes"]
-    return ", ".join([
-        f"{conns['total_connections']}/{conns['max_connections']} connections "
-        f"({conns['used_percent']:.0f}%)",
-        _plural(conns["long_running_count"], "long-running query", "long-running queries"),
-        _plural(idx["unused_count"], "unused index", "unused indexes")
-        + f" ({human_bytes(idx['unused_bytes'])})",
-        _plural(idx["invalid_count"], "invalid index", "invalid indexes"),
-        _worst_bloat(parts["bloat"]),
-    ])
+def summarize(parts: dict[str, dict[str, Any] | None]) -> str:
+    """One line a chat bot can post as is; a view that could not be taken says so."""
+    conns, idx, bloat = parts.get("connections"), parts.get("indexes"), parts.get("bloat")
+    pieces = []
+    if conns is None:
+        pieces.append("connections unavailable")
+    else:
+        pieces += [
+            f"{conns['total_connections']}/{conns['max_connections']} connections "
+            f"({conns['used_percent']:.0f}%)",
+            _plural(conns["long_running_count"], "long-running query", "long-running queries"),
+        ]
+    if idx is None:
+        pieces.append("indexes unavailable")
+    else:
+        pieces += [
+            _plural(idx["unused_count"], "unused index", "unused indexes")
+            + f" ({human_bytes(idx['unused_bytes'])})",
+            _plural(idx["invalid_count"], "invalid index", "invalid indexes"),
+        ]
+    pieces.append("bloat unavailable" if bloat is None else _worst_bloat(bloat))
+    if parts.get("tables") is None:
+        pieces.append("tables unavailable")
+    return ", ".join(pieces)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.archives.service import load_manifest
+from app.archives.service import usable_manifest
 from app.errors import Conflict, InvalidRequest, StepFailed
 from app.integrations.target_db import connect_target
 from app.jobs import service as jobs
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 async def start_restore(services: Services, caller: Principal, target: str,
                         body: RestoreRequest, idempotency_key: str | None) -> Job:
-    """Queue a restore of a complete archive (404 if there is none)."""
+    """Queue a restore of a complete archive (404 if there is none, 409 if unreadable)."""
     request = body.model_dump()
     seen = await jobs.replay(services, caller, kind="restore", target=target, request=request,
                              idempotency_key=idempotency_key)
@@ -38,7 +38,7 @@ async def start_restore(services: Services, caller: Principal, target: str,
         database = body.database or default_database_name(target)
         if database == own_db:
             raise InvalidRequest(f"{database} is the target's own database: use mode in_place")
-    await load_manifest(services, target, body.backup_id, fresh=True)
+    await usable_manifest(services, target, body.backup_id)
     if body.mode == "new_database":
         await _refuse_existing(services, target, database)
     params = {**request, "database": database}
@@ -63,13 +63,13 @@ async def _refuse_existing(services: Services, target: str, database: str) -> No
 
 async def start_verify(services: Services, caller: Principal, target: str, backup_id: str,
                        body: VerifyRequest, idempotency_key: str | None) -> Job:
-    """Queue a verification of a complete archive (404 if there is none)."""
+    """Queue a verification of a complete archive (404 if there is none, 409 if unreadable)."""
     params = {"backup_id": backup_id, "level": body.level}
     seen = await jobs.replay(services, caller, kind="verify", target=target, request=params,
                              idempotency_key=idempotency_key)
     if seen is not None:
         return seen
-    await load_manifest(services, target, backup_id, fresh=True)
+    await usable_manifest(services, target, backup_id)
     return await jobs.create(services, caller, kind="verify", target=target, params=params,
                              summary=f"{body.level} verification of {backup_id} queued",
                              idempotency_key=idempotency_key)

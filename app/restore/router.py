@@ -6,6 +6,7 @@ from fastapi import APIRouter, Body, Response
 
 from app.backup.router import IdempotencyKey
 from app.dependencies import Admin, BackupId, Operator, ServicesDep, TargetName, known_target
+from app.errors import problem_response
 from app.jobs.schemas import Job
 from app.restore import requests
 from app.restore.schemas import RESTORE_EXAMPLES, VERIFY_EXAMPLES, RestoreRequest, VerifyRequest
@@ -13,7 +14,9 @@ from app.restore.schemas import RESTORE_EXAMPLES, VERIFY_EXAMPLES, RestoreReques
 router = APIRouter(prefix="/v1/targets", tags=["restores"])
 
 
-@router.post("/{target}/restores", response_model=Job, status_code=202)
+@router.post("/{target}/restores", response_model=Job, status_code=202,
+             responses={409: problem_response(
+                 "the archive is unreadable, or the database already exists")})
 async def start_restore(target: TargetName,
                         body: Annotated[RestoreRequest, Body(openapi_examples=RESTORE_EXAMPLES)],
                         services: ServicesDep,
@@ -26,7 +29,8 @@ async def start_restore(target: TargetName,
     return job
 
 
-@router.post("/{target}/archives/{backup_id}/verify", response_model=Job, status_code=202)
+@router.post("/{target}/archives/{backup_id}/verify", response_model=Job, status_code=202,
+             responses={409: problem_response("the archive is unreadable")})
 async def start_verify(target: TargetName, backup_id: BackupId, services: ServicesDep,
                        caller: Operator, response: Response,
                        body: Annotated[VerifyRequest | None,

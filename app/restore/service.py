@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from app.archives.service import load_manifest
+from app.archives.service import ArchiveUnreadable, load_manifest
 from app.config import PgDsn
 from app.errors import NotFound, StepFailed
 from app.integrations import pg_errors, pg_tools
@@ -58,7 +58,7 @@ async def _manifest(ctx: JobContext) -> dict[str, Any]:
     try:
         return await load_manifest(ctx.services, ctx.target, ctx.params["backup_id"],
                                    fresh=True)
-    except NotFound as exc:
+    except (NotFound, ArchiveUnreadable) as exc:
         raise StepFailed("manifest", exc.detail) from None
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from croniter import croniter
+from pydantic import ValidationError
 
 from app.jobs import repository as jobs_repo
 from app.targets.schemas import LastBackup, Schedule, TargetList, TargetStatus
@@ -13,16 +15,23 @@ from app.targets.schemas import LastBackup, Schedule, TargetList, TargetStatus
 if TYPE_CHECKING:
     from app.lifespan import Services
 
+log = structlog.get_logger("pgvault.targets")
+
 
 def _status(services: Services, name: str, last: Any, now: datetime) -> TargetStatus:
     cfg = services.settings.targets[name]
     dsn = cfg.parsed_dsn
     last_backup = None
     if last is not None:
-        last_backup = LastBackup(
-            backup_id=last["result"]["backup_id"], job_id=last["id"],
-            finished_at=last["finished_at"], size_bytes=last["result"].get("size_bytes", 0),
-            age_s=round((now - last["finished_at"]).total_seconds(), 1))
+        try:
+            last_backup = LastBackup(
+                backup_id=last["result"]["backup_id"], job_id=last["id"],
+                finished_at=last["finished_at"], size_bytes=last["result"].get("size_bytes", 0),
+                age_s=round((now - last["finished_at"]).total_seconds(), 1))
+        except (KeyError, TypeError, AttributeError, ValidationError):
+            # A damaged job record must not take every target's status down. Read as "no
+            # known good backup": the RPO shows as broken and a human looks, the safe side.
+            log.warning("backup_record_unreadable", target=name, job_id=str(last["id"]))
     rpo_ok = last_backup is not None and last_backup.age_s <= services.settings.rpo_hours * 3600
     schedules = {}
     for kind, expr in cfg.effective_schedules().items():

@@ -10,9 +10,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from app.config import Settings
-from app.integrations.storage.base import ObjectInfo, Storage, StorageError, Upload
+from app.integrations.storage.base import ObjectInfo, Storage, StorageError, StorageRefused, Upload
 
-__all__ = ["ObjectInfo", "Storage", "StorageError", "Upload", "open_storage"]
+__all__ = ["ObjectInfo", "Storage", "StorageError", "StorageRefused", "Upload", "open_storage"]
 
 
 async def open_storage(settings: Settings) -> Storage:

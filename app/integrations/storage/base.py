@@ -12,11 +12,31 @@ class StorageError(Exception):
     """A storage operation failed; the message names the operation and key, never credentials."""
 
 
+class StorageRefused(StorageError):
+    """Storage refused a key for good, not for now: a key that is not a plain relative path, or
+    in a local folder a link, a folder or a device where an object should be. Retrying will
+    not help; a human must look."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
     modified: datetime
+    # False: an entry pgvault cannot have written and never reads (a symbolic link, a device, a
+    # FIFO in a local folder). Listed so that its archive shows as unusable instead of vanishing.
+    usable: bool = True
+
+
+def key_parts(key: str) -> list[str]:
+    """The key's components; :class:`StorageError` for a key that could name something outside
+    the archive folders: absolute, empty, with an empty, ``.`` or ``..`` component, a NUL or a
+    backslash. S3 keys are checked too: some S3-compatible servers resolve ``..`` in the URL."""
+    parts = key.split("/")
+    if (not key or key.startswith("/") or "\\" in key or "\x00" in key
+            or any(p in ("", ".", "..") for p in parts)):
+        raise StorageRefused(f"storage key {key!r} is not a plain relative path")
+    return parts
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,24 @@
 """A local folder as archive storage (development, tests, NFS mounts).
 
+pgvault reads, writes and deletes only regular files inside its root, and never follows a link:
+
+- the root is resolved once, when the storage is opened (an operator may point it through a
+  symbolic link such as ``/var/backups -> /mnt/x``); nothing below it is ever resolved;
+- every path is walked one component at a time from a directory descriptor, each opened with
+  ``O_DIRECTORY | O_NOFOLLOW``, and files are opened with ``O_NOFOLLOW`` and checked to be regular
+  (``O_NONBLOCK`` so a FIFO cannot hang a read): a symbolic link anywhere in a key, a symlinked
+  folder, a device or a FIFO is refused with :class:`StorageError`;
+- keys with ``..``, ``.``, empty components or a leading ``/`` are refused (``key_parts``);
+- writes create new files only (``O_CREAT | O_EXCL``) and rename them into place: an existing
+  file, a hard link to someone else's data included, is never opened for writing;
+- deleting a key removes that name only (``unlinkat``): a symbolic link is removed, never its
+  target -- an archive made of links is not something pgvault wrote, and removing the links is
+  the one deletion that cannot lose anybody's data; a hard-linked file keeps its other names;
+- listing never descends into a symlinked folder; links and other non-regular entries are listed
+  with ``usable=False`` so that their archive shows as unusable rather than vanishing;
+- a file changed during a read (size, modification time, or its name now pointing at another
+  file) fails the read instead of yielding a mix of two files.
+
 An upload writes ``<key>.upload-<id>`` and renames it into place on completion (atomic on one
 filesystem), so a reader never sees a half-written object under its final key. Blocking file I/O
 runs in threads, never on the event loop.
@@ -9,158 +28,360 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import re
 import secrets
-from collections.abc import AsyncIterator
+import stat
+from collections.abc import AsyncIterator, Generator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-from app.integrations.storage.base import ObjectInfo, PendingUpload, StorageError
+from app.integrations.storage.base import (
+    ObjectInfo,
+    PendingUpload,
+    StorageError,
+    StorageRefused,
+    key_parts,
+)
 
 UPLOAD_MARK = ".upload-"
+FILE_MODE = 0o640
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+def _refusal(key: str, exc: OSError) -> StorageError:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return StorageRefused(f"refused {key!r}: it or a folder on its path is a symbolic link "
+                              "or not a folder (pgvault never follows links)")
+    return StorageError(f"cannot use {key!r}: {exc.strerror}")
+
+
+class _Folder:
+    """The folder that holds a key's last component, open as a descriptor (closed on exit)."""
+
+    def __init__(self, root: str, key: str, *, create: bool) -> None:
+        self.key = key
+        parts = key_parts(key)
+        self.name = parts[-1]
+        if create:
+            os.makedirs(root, exist_ok=True)
+        fd = os.open(root, _DIR_FLAGS)
+        try:
+            for part in parts[:-1]:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o750, dir_fd=fd)
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    raise
+                except OSError as exc:
+                    raise _refusal(key, exc) from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _new_file(folder: _Folder, name: str) -> int:
+    try:
+        return os.open(name, _NEW_FILE_FLAGS, FILE_MODE, dir_fd=folder.fd)
+    except OSError as exc:
+        raise _refusal(folder.key, exc) from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class FileUpload:
-    def __init__(self, root: Path, key: str) -> None:
+    def __init__(self, root: str, key: str) -> None:
         self.key = key
         self.upload_id = secrets.token_hex(8)
-        self._final = root / key
-        self._partial = root / f"{key}{UPLOAD_MARK}{self.upload_id}"
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self._partial, "wb")
+        self._folder = _Folder(root, key, create=True)
+        self._partial = f"{self._folder.name}{UPLOAD_MARK}{self.upload_id}"
+        try:
+            self._fd = _new_file(self._folder, self._partial)
+        except BaseException:
+            self._folder.close()
+            raise
 
     async def write_part(self, data: bytes) -> None:
-        await asyncio.to_thread(self._fh.write, data)
+        await asyncio.to_thread(_write_all, self._fd, data)
 
     async def complete(self) -> None:
         def finish() -> None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            os.replace(self._partial, self._final)
+            try:
+                os.fsync(self._fd)
+                # rename() replaces the name, never writes through it: a link or a hard-linked
+                # file already under the key is replaced, its target left as it was.
+                os.replace(self._partial, self._folder.name,
+                           src_dir_fd=self._folder.fd, dst_dir_fd=self._folder.fd)
+            finally:
+                self._close()
 
         await asyncio.to_thread(finish)
 
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._folder.close()
+
     async def abort(self) -> None:
         def discard() -> None:
-            self._fh.close()
-            self._partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if self._folder.fd >= 0:
+                    os.unlink(self._partial, dir_fd=self._folder.fd)
+            self._close()
 
         await asyncio.to_thread(discard)
 
 
 class FileStorage:
     def __init__(self, root: str) -> None:
-        self.root = Path(root)
+        # Resolved once: the operator may configure the root through a link; nothing below it
+        # is ever resolved.
+        self.root = os.path.realpath(root)
 
     async def close(self) -> None:
         return None
 
-    def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
-            raise StorageError(f"key {key!r} leaves the storage folder")
-        return path
-
     async def check(self) -> None:
         def probe() -> None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".readyz-{secrets.token_hex(4)}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            os.makedirs(self.root, exist_ok=True)
+            self._write(f".readyz-{secrets.token_hex(4)}", b"ok", keep=False)
 
         try:
             await asyncio.to_thread(probe)
-        except OSError as exc:
-            raise StorageError(
-                f"storage folder {self.root} is not writable: {exc.strerror}") from None
+        except (OSError, StorageError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise StorageError(f"storage folder {self.root} is not writable: {reason}") from None
 
     async def start_upload(self, key: str) -> FileUpload:
-        self._path(key)
-        return await asyncio.to_thread(FileUpload, self.root, key)
+        try:
+            return await asyncio.to_thread(FileUpload, self.root, key)
+        except OSError as exc:
+            raise _refusal(key, exc) from None
+
+    def _write(self, key: str, data: bytes, *, keep: bool = True) -> None:
+        folder = _Folder(self.root, key, create=True)
+        try:
+            tmp = f"{folder.name}{UPLOAD_MARK}{secrets.token_hex(4)}"
+            fd = _new_file(folder, tmp)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if keep:
+                os.replace(tmp, folder.name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
+            else:
+                os.unlink(tmp, dir_fd=folder.fd)
+        finally:
+            folder.close()
 
     async def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-
-        def write() -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + UPLOAD_MARK + secrets.token_hex(4))
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-
+        key_parts(key)
         # A cancelled caller must not return while the thread can still rename the file into
         # place: it would delete the manifest, then see it appear behind its back.
-        done = asyncio.ensure_future(asyncio.to_thread(write))
+        done = asyncio.ensure_future(asyncio.to_thread(self._write, key, data))
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(done)
             raise
+        except OSError as exc:
+            raise _refusal(key, exc) from None
+
+    def _open(self, key: str) -> tuple[int, os.stat_result, _Folder]:
+        """A regular file opened without following links; KeyError when it does not exist."""
+        try:
+            folder = _Folder(self.root, key, create=False)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        try:
+            fd = os.open(folder.name, _READ_FLAGS, dir_fd=folder.fd)
+        except FileNotFoundError:
+            folder.close()
+            raise KeyError(key) from None
+        except OSError as exc:
+            folder.close()
+            raise _refusal(key, exc) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            folder.close()
+            raise StorageRefused(f"refused {key!r}: not a regular file (a link, folder or device)")
+        return fd, st, folder
+
+    @staticmethod
+    def _unchanged(key: str, fd: int, before: os.stat_result, folder: _Folder,
+                   read: int) -> None:
+        """Fail a read whose file changed under it (rewritten in place, or replaced)."""
+        after = os.fstat(fd)
+        try:
+            named = os.stat(folder.name, dir_fd=folder.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            named = None
+        if (read != before.st_size or after.st_size != before.st_size
+                or after.st_mtime_ns != before.st_mtime_ns or named is None
+                or (named.st_dev, named.st_ino) != (before.st_dev, before.st_ino)):
+            raise StorageError(f"{key!r} changed while it was read; read it again")
+
+    def _chunks(self, key: str, chunk_size: int) -> Generator[bytes, None, None]:
+        fd, before, folder = self._open(key)
+        try:
+            read = 0
+            while chunk := os.read(fd, chunk_size):
+                read += len(chunk)
+                yield chunk
+            self._unchanged(key, fd, before, folder, read)
+        finally:
+            os.close(fd)
+            folder.close()
 
     async def get(self, key: str) -> bytes:
-        path = self._path(key)
-        try:
-            return await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            raise KeyError(key) from None
+        def read() -> bytes:
+            return b"".join(self._chunks(key, 1 << 20))
+
+        return await asyncio.to_thread(read)
 
     async def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        path = self._path(key)
+        chunks = self._chunks(key, chunk_size)  # runs nothing until the first next()
+        step: asyncio.Future[bytes | None] | None = None
         try:
-            fh = await asyncio.to_thread(open, path, "rb")
-        except FileNotFoundError:
-            raise KeyError(key) from None
-        try:
-            while chunk := await asyncio.to_thread(fh.read, chunk_size):
+            while True:
+                # Shielded: a cancelled caller leaves the thread's read running; the generator
+                # (and its descriptors) is closed only once that read is over, never under it.
+                step = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+                chunk = await asyncio.shield(step)
+                if chunk is None:
+                    return
                 yield chunk
         finally:
-            fh.close()
+            if step is not None and not step.done():
+                def close_after(done: asyncio.Future[bytes | None]) -> None:
+                    if not done.cancelled():
+                        done.exception()  # retrieved: nobody is waiting for it any more
+                    chunks.close()
+
+                step.add_done_callback(close_after)
+            else:
+                chunks.close()
+
+    def _walk(self, prefix: str, upload_parts: bool) -> Iterator[tuple[str, os.stat_result]]:
+        """(key, lstat) of every non-folder entry under the root that may start with
+        ``prefix``, without entering symlinked folders; upload parts only when asked."""
+        try:
+            top = os.open(self.root, _DIR_FLAGS)
+        except FileNotFoundError:
+            return
+        stack: list[tuple[int, str]] = [(top, "")]
+        try:
+            while stack:
+                fd, base = stack.pop()
+                try:
+                    with os.scandir(fd) as entries:
+                        for entry in entries:
+                            key = base + entry.name
+                            try:
+                                st = entry.stat(follow_symlinks=False)
+                            except FileNotFoundError:
+                                continue  # removed while we looked
+                            if stat.S_ISDIR(st.st_mode):
+                                below = key + "/"
+                                if below.startswith(prefix) or prefix.startswith(below):
+                                    with contextlib.suppress(OSError):  # became a link since
+                                        stack.append(
+                                            (os.open(entry.name, _DIR_FLAGS, dir_fd=fd), below))
+                            elif (UPLOAD_MARK in entry.name) == upload_parts \
+                                    and key.startswith(prefix):
+                                yield key, st
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _ in stack:
+                os.close(fd)
 
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         def walk() -> list[ObjectInfo]:
-            found: list[ObjectInfo] = []
-            if not self.root.exists():
-                return found
-            for dirpath, _dirs, files in os.walk(self.root):
-                for name in files:
-                    full = Path(dirpath) / name
-                    key = full.relative_to(self.root).as_posix()
-                    if key.startswith(prefix) and UPLOAD_MARK not in name:
-                        st = full.stat()
-                        found.append(ObjectInfo(key, st.st_size,
-                                                datetime.fromtimestamp(st.st_mtime, UTC)))
+            found = [ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC),
+                                usable=stat.S_ISREG(st.st_mode))
+                     for key, st in self._walk(prefix, upload_parts=False)]
             return sorted(found, key=lambda o: o.key)
 
         return await asyncio.to_thread(walk)
 
+    def _remove(self, key: str) -> None:
+        try:
+            folder = _Folder(self.root, key, create=False)
+        except FileNotFoundError:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(folder.name, dir_fd=folder.fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    raise StorageRefused(f"refused to delete {key!r}: it is a folder")
+                # unlinkat removes this name only: a link's target, or the other names of a
+                # hard-linked file, are untouched.
+                os.unlink(folder.name, dir_fd=folder.fd)
+        except OSError as exc:
+            raise _refusal(key, exc) from None
+        finally:
+            folder.close()
+        self._prune(key_parts(key)[:-1])
+
+    def _prune(self, parents: list[str]) -> None:
+        """Remove the key's folders that are now empty, deepest first (rmdir follows no link)."""
+        for depth in range(len(parents), 0, -1):
+            try:
+                folder = _Folder(self.root, "/".join(parents[:depth]), create=False)
+            except (OSError, StorageError):
+                return
+            try:
+                os.rmdir(folder.name, dir_fd=folder.fd)
+            except OSError:
+                return
+            finally:
+                folder.close()
+
     async def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            key_parts(key)
+
         def remove() -> None:
             for key in keys:
-                path = self._path(key)
-                path.unlink(missing_ok=True)
-                parent = path.parent
-                while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-                    parent.rmdir()
-                    parent = parent.parent
+                self._remove(key)
 
         await asyncio.to_thread(remove)
 
     async def pending_uploads(self, prefix: str) -> list[PendingUpload]:
         def walk() -> list[PendingUpload]:
             found: list[PendingUpload] = []
-            for full in self.root.rglob(f"*{UPLOAD_MARK}*"):
-                key, _, upload_id = full.relative_to(self.root).as_posix().rpartition(UPLOAD_MARK)
-                if key.startswith(prefix):
-                    started = datetime.fromtimestamp(full.stat().st_mtime, UTC)
-                    found.append(PendingUpload(key, upload_id, started))
+            for full, st in self._walk(prefix, upload_parts=True):
+                key, _, upload_id = full.rpartition(UPLOAD_MARK)
+                if key.startswith(prefix) and stat.S_ISREG(st.st_mode):
+                    found.append(PendingUpload(key, upload_id,
+                                               datetime.fromtimestamp(st.st_mtime, UTC)))
             return found
 
         return await asyncio.to_thread(walk)
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
-        path = self._path(f"{key}{UPLOAD_MARK}{upload_id}")
-        await asyncio.to_thread(path.unlink, True)
+        if not _UPLOAD_ID.match(upload_id):
+            raise StorageError(f"upload id {upload_id!r} is not one this storage issued")
+        await asyncio.to_thread(self._remove, f"{key}{UPLOAD_MARK}{upload_id}")

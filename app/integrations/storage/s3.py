@@ -26,7 +26,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from app.integrations.storage.base import ObjectInfo, PendingUpload, StorageError
+from app.integrations.storage.base import ObjectInfo, PendingUpload, StorageError, key_parts
 
 # S3 error codes and botocore failures in words (the code stays, for searching the S3 docs).
 _CODE_WORDS = {
@@ -56,6 +56,14 @@ def _describe(exc: Exception, what: str) -> StorageError:
     else:
         words = f"a client error ({type(exc).__name__})"
     return StorageError(f"S3 {what} failed: {words}")
+
+
+def _plain(key: str) -> bool:
+    try:
+        key_parts(key)
+    except StorageError:
+        return False
+    return True
 
 
 class S3Upload:
@@ -143,6 +151,9 @@ class S3Storage:
         await self._stack.aclose()
 
     def _full(self, key: str) -> str:
+        # Keys travel in the request URL, where some S3-compatible servers and proxies resolve
+        # ``..``: a key that is not a plain relative path could name another target's object.
+        key_parts(key)
         return self.prefix + key
 
     async def check(self) -> None:
@@ -199,17 +210,22 @@ class S3Storage:
         found: list[ObjectInfo] = []
         try:
             paginator = self._client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for obj in page.get("Contents", []):
+                    if not obj["Key"].startswith(self.prefix):
+                        continue
                     key = obj["Key"][len(self.prefix):]
-                    found.append(ObjectInfo(key, obj["Size"], obj["LastModified"]))
+                    found.append(ObjectInfo(key, obj["Size"], obj["LastModified"],
+                                            usable=_plain(key)))
         except (BotoCoreError, ClientError) as exc:
             raise _describe(exc, f"listing of {prefix or '/'}") from None
         return found
 
     async def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": self._full(k)} for k in keys[start:start + 1000]]
+            # Keys travel in the request body here, where nothing resolves ``..``: an odd key
+            # that a listing found under the prefix can still be deleted.
+            batch = [{"Key": self.prefix + k} for k in keys[start:start + 1000] if k]
             try:
                 resp = await self._client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
@@ -222,7 +238,7 @@ class S3Storage:
         found: list[PendingUpload] = []
         try:
             paginator = self._client.get_paginator("list_multipart_uploads")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for up in page.get("Uploads", []):
                     found.append(PendingUpload(up["Key"][len(self.prefix):], up["UploadId"],
                                                up["Initiated"]))
@@ -231,6 +247,8 @@ class S3Storage:
         return found
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
+        if not _plain(key):
+            return  # not one pgvault started, and its key is unsafe in a URL: left alone
         with contextlib.suppress(BotoCoreError, ClientError):
             await self._client.abort_multipart_upload(
                 Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
