@@ -131,12 +131,15 @@ class FactsCollector(Collector):
                           "Bytes the running backup has stored so far (0: none runs)")
         for name in f.targets:
             row = f.last_backup.get(name)
+            result = row["result"] if row is not None else None
             ok = False
-            if row is not None:
+            # A damaged job record reads as no known good backup, as target status reads it.
+            if row is not None and isinstance(result, dict) \
+                    and isinstance(result.get("backup_id"), str):
                 finished = row["finished_at"].timestamp()
                 last_ts.add_metric([name], finished)
-                last_size.add_metric([name], row["result"].get("size_bytes", 0))
-                last_dur.add_metric([name], row["result"].get("duration_s", 0))
+                last_size.add_metric([name], _number(result.get("size_bytes")))
+                last_dur.add_metric([name], _number(result.get("duration_s")))
                 ok = f.now - finished <= f.rpo_s
             rpo_ok.add_metric([name], 1 if ok else 0)
             job = f.running_backup.get(name)
@@ -209,3 +212,8 @@ async def metrics_text(services: Services) -> bytes:
     registry.register(FactsCollector(await gather(services)))
     data: bytes = generate_latest(registry)
     return data
+
+
+def _number(value: Any) -> float:
+    """A stored figure, or 0 when the record holds something else."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
