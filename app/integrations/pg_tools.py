@@ -5,6 +5,8 @@ variables (``PGHOST``, ``PGPASSWORD``, ...) built from the parsed DSN, so nothin
 argv (``ps`` shows argv to every user of the host). The database a tool connects to comes from
 ``PGDATABASE`` too: libpq never expands an environment value into a connection string, and no name
 can turn into an option. ``--no-password`` makes a missing password an error rather than a prompt.
+``PGAPPNAME`` is the running job's application_name (``app.integrations.target_db``), so its
+backends can be found and ended when the job ends early.
 
 Exit codes: every tool here exits 0 on success and non-zero on failure; pg_restore exits 1 when it
 finished with errors (it prints ``errors ignored on restore: N``).
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from app.config import PgDsn
 from app.integrations.process import Stage, run
+from app.integrations.target_db import JOB_APPLICATION_NAME
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
 
@@ -37,6 +40,13 @@ async def tool_version_text(binary: str) -> str:
     return (await run(Stage(binary, [binary, "--version"]), timeout=30)).decode().strip()
 
 
+def _env(dsn: PgDsn, database: str | None = None) -> dict[str, str]:
+    env = dsn.libpq_env(database)
+    if (job := JOB_APPLICATION_NAME.get()) is not None:
+        env["PGAPPNAME"] = job
+    return env
+
+
 def check_dump_version(tool_major: int, server_version_num: int) -> None:
     server_major = server_version_num // 10000
     if tool_major < server_major:
@@ -52,7 +62,7 @@ def pg_dump_stage(dsn: PgDsn, *, snapshot: str, lock_wait_timeout_s: int,
     argv = ["pg_dump", "--format=custom", "--compress=0", "--no-password",
             f"--snapshot={snapshot}", f"--lock-wait-timeout={lock_wait_timeout_s}s"]
     argv += [f"--exclude-schema={name}" for name in exclude_schemas]
-    return Stage("pg_dump", argv, env=dsn.libpq_env())
+    return Stage("pg_dump", argv, env=_env(dsn))
 
 
 def pg_dumpall_globals_stage(dsn: PgDsn) -> Stage:
@@ -60,7 +70,7 @@ def pg_dumpall_globals_stage(dsn: PgDsn) -> Stage:
     # at configuration (no leading '-', no '=').
     argv = ["pg_dumpall", "--globals-only", "--no-role-passwords", "--no-password",
             f"--database={dsn.database}"]
-    return Stage("pg_dumpall", argv, env=dsn.libpq_env())
+    return Stage("pg_dumpall", argv, env=_env(dsn))
 
 
 def zstd_compress_stage(level: int, threads: int) -> Stage:
@@ -83,7 +93,7 @@ def pg_restore_stage(dsn: PgDsn, database: str, dump: Path, *, jobs: int) -> Sta
     # The target database as a connection string built here: a name can never become an option
     # or smuggle in other parameters.
     argv += [f"--dbname={conninfo_dbname(database)}", "--", str(dump)]
-    return Stage("pg_restore", argv, env=dsn.libpq_env(database))
+    return Stage("pg_restore", argv, env=_env(dsn, database))
 
 
 def conninfo_dbname(database: str) -> str:
@@ -115,4 +125,4 @@ def psql_stage(dsn: PgDsn, database: str, sql_file: Path | None, *,
             f"--file={sql_file if sql_file is not None else '-'}"]
     if single_transaction:
         argv.append("--single-transaction")
-    return Stage("psql", argv, env=dsn.libpq_env(database))
+    return Stage("psql", argv, env=_env(dsn, database))
