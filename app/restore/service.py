@@ -14,7 +14,6 @@ failure rolls the target back to what it was.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import shutil
 import time
@@ -23,13 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import structlog
 
 from app.archives.service import load_manifest
 from app.config import PgDsn
 from app.errors import NotFound, StepFailed
 from app.integrations import pg_tools
 from app.integrations.process import PipelineError, run
-from app.integrations.target_db import connect_target
+from app.integrations.target_db import connect_target, uninterrupted
 from app.maintenance import tasks as maintenance
 from app.restore import checks, databases, fetch
 from app.restore import globals as globals_
@@ -38,6 +38,8 @@ from app.restore.in_place import replace_in_place
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
     from app.lifespan import Services
+
+log = structlog.get_logger("pgvault.restore")
 
 
 def default_database_name(target: str, now: datetime | None = None) -> str:
@@ -129,7 +131,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     database = dsn.database if in_place else params["database"]
     severity = int(params.get("severity") or 2)
     doc = await _manifest(ctx)
-    created = False
+    created = committed = False
     roles: dict[str, Any] = {"created": [], "skipped_existing": [], "login_roles": []}
 
     try:
@@ -141,22 +143,35 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 await ctx.set_phase("create database")
                 conn = await connect_target(dsn)
                 try:
-                    await _create_database(conn, database, doc)
+                    await uninterrupted(_create_database(conn, database, doc))
                     created = True
+                    ctx.result.update(database=database, database_dropped=False)
                     await ctx.note_cleanup("drop_database", database)
                 finally:
                     await conn.close()
             if in_place:
                 await replace_in_place(ctx, dsn, plain["database"], doc)
+                committed = True
+                ctx.result.update(database=database, committed=True)
             else:
                 await _pg_restore(ctx, dsn, database, plain["database"],
                                   jobs=int(params["jobs"]))
+        if in_place and ctx.cancelling:
+            # The cancel came while the COMMIT was with the server, and it committed.
+            checklist = _checks_skipped(roles)
+        else:
+            checklist = await _post_restore(ctx, dsn, database, doc)
+        await ctx.note_cleanup("drop_database", None)  # the restore succeeded: it stays
+    except asyncio.CancelledError:
+        if not committed:
+            await _abandon_database(ctx, dsn, database, created)
+            raise
+        # The in-place restore is committed: a cancel can only cut its checks short.
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        checklist = _checks_skipped(roles)
     except BaseException:
-        if created:
-            await asyncio.shield(_drop_quietly(dsn, database))
+        await _abandon_database(ctx, dsn, database, created)
         raise
-    await ctx.note_cleanup("drop_database", None)
-    checklist = await _post_restore(ctx, dsn, database, doc)
 
     duration = time.monotonic() - started
     rto_hours = settings.rto_hours[severity]
@@ -168,13 +183,45 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
         "duration_s": round(duration, 3), "severity": severity, "rto_hours": rto_hours,
         "rto_met": duration <= rto_hours * 3600, "rows_match": rows_ok, "checklist": checklist,
     }
+    if checklist.get("skipped"):
+        result["rows_match"] = None
     summary = (f"restored {doc['backup_id']} into {database} in {duration:.1f} s "
                f"(RTO {'met' if result['rto_met'] else 'MISSED'}); rows "
-               f"{'match' if rows_ok else 'DIFFER'}; "
+               f"{_rows_word(checklist)}; "
                f"{len(checklist['invalid_indexes'])} invalid index(es), "
                f"{len(checklist['roles_to_reset_password'])} role(s) need a password, "
                f"{len(checklist['subscriptions_to_enable'])} subscription(s) to enable")
     return result, summary
+
+
+async def _abandon_database(ctx: JobContext, dsn: PgDsn, database: str, created: bool) -> None:
+    """A new-database restore that does not succeed drops the database it created, whatever
+    the phase, unless the request asked to keep it; its result says which."""
+    if not created:
+        return
+    if ctx.params.get("keep_on_failure"):
+        ctx.result.update(database=database, database_dropped=False, database_kept=True)
+        await asyncio.shield(ctx.note_cleanup("drop_database", None))
+        return
+    dropped = await asyncio.shield(_drop_quietly(dsn, database))
+    ctx.result.update(database=database, database_dropped=dropped)
+    if dropped:
+        await asyncio.shield(ctx.note_cleanup("drop_database", None))
+
+
+def _checks_skipped(roles: dict[str, Any]) -> dict[str, Any]:
+    note = ("cancelled after the in-place restore was committed: the target holds the "
+            "archive's data; the post-restore checks did not run")
+    return {"skipped": True, "analyze": {"done": False}, "materialized_views_refreshed": [],
+            "row_counts": {"ok": False, "tables_checked": 0, "mismatches": []},
+            "invalid_indexes": [], "unvalidated_constraints": [], "subscriptions_to_enable": [],
+            "errors": [note]}
+
+
+def _rows_word(checklist: dict[str, Any]) -> str:
+    if checklist.get("skipped"):
+        return "not checked (post-restore checks cancelled)"
+    return "match" if checklist["row_counts"]["ok"] else "DIFFER"
 
 
 async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
@@ -182,7 +229,9 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     level = ctx.params.get("level", "checksum")
     doc = await _manifest(ctx)
     dsn = ctx.services.settings.targets[ctx.target].parsed_dsn
-    result: dict[str, Any] = {"backup_id": doc["backup_id"], "level": level}
+    # Kept in the job's result even if the verification fails (what it found so far).
+    result = ctx.result
+    result.update(backup_id=doc["backup_id"], level=level)
     async with fetch.scratch_dir(ctx) as workdir:
         plain = await fetch.fetch(ctx, doc, workdir)
         result["objects_checked"] = len(doc.get("objects") or [])
@@ -196,13 +245,14 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
         if level == "restore":
             scratch = f"pgvault_verify_{secrets.token_hex(4)}"
             result["scratch_database"] = scratch
-            conn = await connect_target(dsn)
+            await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
             try:
-                await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
-                await _create_database(conn, scratch, doc)
-            finally:
-                await conn.close()
-            try:
+                await ctx.set_phase("create database")
+                conn = await connect_target(dsn)
+                try:
+                    await uninterrupted(_create_database(conn, scratch, doc))
+                finally:
+                    await conn.close()
                 await _pg_restore(ctx, dsn, scratch, plain["database"], jobs=2)
                 await ctx.set_phase("compare")
                 conn = await connect_target(dsn, scratch)
@@ -213,8 +263,10 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 finally:
                     await conn.close()
             finally:
-                await asyncio.shield(_drop_quietly(dsn, scratch))
-            await ctx.note_cleanup("drop_database", None)
+                result["scratch_database_dropped"] = await asyncio.shield(
+                    _drop_quietly(dsn, scratch))
+                if result["scratch_database_dropped"]:
+                    await asyncio.shield(ctx.note_cleanup("drop_database", None))
     result["duration_s"] = round(time.monotonic() - started, 3)
     problems = []
     if level == "restore":
@@ -250,13 +302,19 @@ async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
                          f"and locale ({type(exc).__name__}, SQLSTATE {exc.sqlstate})") from None
 
 
-async def _drop_quietly(dsn: PgDsn, database: str) -> None:
-    with contextlib.suppress(Exception):
+async def _drop_quietly(dsn: PgDsn, database: str) -> bool:
+    """DROP DATABASE ... WITH (FORCE); whether it is gone (False: the server could not be
+    reached or refused; the failure is logged, not raised, as this runs on failure paths)."""
+    try:
         conn = await connect_target(dsn)
         try:
             await databases.drop(conn, database)
         finally:
             await conn.close()
+        return True
+    except Exception as exc:
+        log.warning("drop_database_failed", error_type=type(exc).__name__)
+        return False
 
 
 async def cleanup_restore(services: Services, cleanup: dict[str, Any], target: str) -> None:
