@@ -282,3 +282,60 @@ async def test_cancelled_backup_leaves_no_backend(make_settings: Any, big_db: st
             job = await cancel(c, job_id)
             await nothing_left(job_id, "backup", tmp_path)
     assert job["status"] == "cancelled"
+
+
+async def test_a_cancel_during_the_in_place_commit_waits_for_its_outcome(tmp_path: Path) -> None:
+    """The COMMIT is with the server: killing psql then would not undo it, so a cancel that
+    lands meanwhile must not report a rollback. A deferred trigger makes the COMMIT slow."""
+    import subprocess
+
+    from app.config import PgDsn
+    from app.integrations.target_db import JOB_APPLICATION_NAME
+    from app.restore import in_place
+    from tests.conftest import PG_HOST
+
+    db = await create_db(f"{PREFIX}_slowcommit")
+    src = await create_db(f"{PREFIX}_slowcommit_src")
+    conn = await admin_conn(src)
+    try:
+        await conn.execute("CREATE TABLE public.kept AS SELECT 1 AS x")
+    finally:
+        await conn.close()
+    dump = tmp_path / "src.dump"
+    subprocess.run(["pg_dump", "-h", PG_HOST, "-U", "postgres", "-Fc", "-Z0", "-f", str(dump),
+                    "--", src], check=True)
+    head = """BEGIN;
+        CREATE TABLE public.marker (id int);
+        CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql
+            AS 'BEGIN PERFORM pg_sleep(3); RETURN NULL; END';
+        CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON public.marker DEFERRABLE
+            INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit();
+        INSERT INTO public.marker VALUES (1);
+        """
+    name = "pgvault/test/slow-commit"
+    JOB_APPLICATION_NAME.set(name)
+    task = asyncio.create_task(in_place._run_in_one_transaction(PgDsn.parse(dsn(db)), dump,
+                                                                head))
+    await wait_busy(name, "COMMIT")
+    task.cancel()
+    await asyncio.wait_for(task, 30)  # no CancelledError: it committed, and says so
+    conn = await admin_conn(db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM public.kept") == 1
+        assert await conn.fetchval("SELECT count(*) FROM public.marker") == 1
+    finally:
+        await conn.close()
+
+
+async def test_cancelled_maintenance_leaves_no_backend(make_settings: Any, tmp_path: Path) -> None:
+    db = await slow_index_db("slowmt", rows=300, delay=0.05, when="checking")
+    settings = make_settings(targets={"slowmt": {"dsn": dsn(db)}}, work_dir=tmp_path)
+    async with running_app(settings) as c:
+        resp = await c.post("/v1/targets/slowmt/maintenance", headers=auth("operator"),
+                            json={"task": "analyze"})
+        job_id = resp.json()["id"]
+        await wait_busy(f"pgvault/maintenance/{job_id}", "ANALYZE")
+        job = await cancel(c, job_id)
+        await nothing_left(job_id, "maintenance", tmp_path)
+    assert job["status"] == "cancelled"
+    assert await clients_of(db) == []
