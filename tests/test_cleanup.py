@@ -339,3 +339,43 @@ async def test_cancelled_maintenance_leaves_no_backend(make_settings: Any, tmp_p
         await nothing_left(job_id, "maintenance", tmp_path)
     assert job["status"] == "cancelled"
     assert await clients_of(db) == []
+
+
+async def test_a_dead_workers_restore_is_undone_by_another_replica(
+        make_settings: Any, tmp_path: Path) -> None:
+    """SIGKILL: no finally block runs. The orphaned pg_restore and its backend go on building
+    the index; the reaper ends the backends it finds by the job's application_name, drops the
+    database and the scratch folder, and says so in the job's result."""
+    import signal
+
+    from tests.test_reliability import uvicorn
+
+    db = await slow_index_db("slowdead", rows=300, delay=0.1, when="restoring")
+    settings = make_settings(targets={"slowdead": {"dsn": dsn(db)}}, work_dir=tmp_path,
+                             lease_seconds=3)
+    name = f"{PREFIX}_dead_restore"
+    async with uvicorn(settings) as (proc, url):
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            bid = (await backup(c, "slowdead"))["result"]["backup_id"]
+            job_id = await start_restore(c, "slowdead", {"backup_id": bid, "database": name})
+            await wait_busy(f"pgvault/restore/{job_id}", "CREATE INDEX")
+        orphans = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if p.name() == "pg_restore"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert orphans and await backends(f"pgvault/restore/{job_id}")
+    async with running_app(settings) as c:
+        job = await wait_job(c, job_id, timeout=30)
+        deadline = time.monotonic() + 20
+        while job["result"].get("database_dropped") is None:
+            assert time.monotonic() < deadline, job
+            await asyncio.sleep(0.2)
+            job = (await c.get(f"/v1/jobs/{job_id}", headers=auth("viewer"))).json()
+    assert job["status"] == "failed" and job["error"]["title"] == "Worker lost"
+    assert job["result"]["database"] == name and job["result"]["database_dropped"] is True
+    assert not await database_exists(name)
+    assert await backends(f"pgvault/restore/{job_id}") == []
+    assert psutil.wait_procs(orphans, timeout=5)[1] == []
+    assert list(tmp_path.iterdir()) == []

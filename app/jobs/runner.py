@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pgvault.jobs")
 
 Handler = Callable[["JobContext"], Awaitable[tuple[dict[str, Any], str]]]
-Cleanup = Callable[["Services", dict[str, Any], str], Awaitable[None]]
+# Undoes a job's leftovers from its cleanup notes; returns facts for the job's result (e.g.
+# ``{"database": ..., "database_dropped": true}``).
+Cleanup = Callable[["Services", dict[str, Any], str], Awaitable[dict[str, Any] | None]]
 
 # How long undoing a job's leftovers (storage deletes, a DROP DATABASE) may hold its ending.
 CLEANUP_BOUND_S = 60.0
@@ -252,29 +254,33 @@ class JobRunner:
                                         job_id=row["id"], details={"reason": "worker lost"})
         for row in rows:
             log.warning("job_reaped", job_id=str(row["id"]), phase=row["phase"])
-            if row["cleanup"] and await self._undo(row["id"], row["kind"], row["target"],
-                                                   row["cleanup"]):
+            if not row["cleanup"]:
+                continue
+            done, facts = await self._undo(row["id"], row["kind"], row["target"],
+                                           row["cleanup"])
+            if done:
                 async with self.services.pool.acquire() as conn:
-                    await repo.clear_cleanup(conn, row["id"])
+                    await repo.clear_cleanup(conn, row["id"], facts)
         return len(rows)
 
-    async def _undo(self, job_id: UUID, kind: str, target: str, notes: dict[str, Any]) -> bool:
+    async def _undo(self, job_id: UUID, kind: str, target: str,
+                    notes: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """End a job's backends on its target (after its processes are gone: killed, or dead
-        with their worker), then undo what its cleanup notes list. Bounded; True when done."""
+        with their worker), then undo what its cleanup notes list. Bounded; returns whether
+        all of it was done, and what the cleanup reports for the job's result."""
         name = notes.get("application_name")
         if name and target in self.settings.targets:
             await end_backends(self.settings.targets[target].parsed_dsn, name)
         cleanup = self.cleanups.get(kind)
         rest = {k: v for k, v in notes.items() if k != "application_name"}
         if cleanup is None or not rest:
-            return True
+            return True, {}
         try:
             async with asyncio.timeout(CLEANUP_BOUND_S):
-                await cleanup(self.services, rest, target)
-            return True
+                return True, await cleanup(self.services, rest, target) or {}
         except Exception as exc:
             log.warning("job_cleanup_failed", job_id=str(job_id), error_type=type(exc).__name__)
-            return False
+            return False, {}
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -326,7 +332,8 @@ class JobRunner:
     async def _end(self, ctx: JobContext, status: str, result: dict[str, Any],
                    error: dict[str, str] | None, summary: str, duration: float) -> None:
         if status != "succeeded":
-            await self._undo(ctx.job_id, ctx.kind, ctx.target, ctx.cleanup)
+            _, facts = await self._undo(ctx.job_id, ctx.kind, ctx.target, ctx.cleanup)
+            result = {**result, **facts}
         await self._record(ctx, status, result, error, summary, duration)
 
     async def _record(self, ctx: JobContext, status: str, result: dict[str, Any],

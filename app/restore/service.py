@@ -317,11 +317,28 @@ async def _drop_quietly(dsn: PgDsn, database: str) -> bool:
         return False
 
 
-async def cleanup_restore(services: Services, cleanup: dict[str, Any], target: str) -> None:
-    """Undo a dead worker's restore or verification: its scratch folder and database."""
+async def cleanup_restore(services: Services, cleanup: dict[str, Any],
+                          target: str) -> dict[str, Any]:
+    """Undo a dead worker's restore: its scratch folder and the database it created."""
+    dropped = await _undo_leftovers(services, cleanup, target)
+    return {"database": dropped[0], "database_dropped": dropped[1]} if dropped else {}
+
+
+async def cleanup_verify(services: Services, cleanup: dict[str, Any],
+                         target: str) -> dict[str, Any]:
+    """Undo a dead worker's verification: its scratch folder and scratch database."""
+    dropped = await _undo_leftovers(services, cleanup, target)
+    return ({"scratch_database": dropped[0], "scratch_database_dropped": dropped[1]}
+            if dropped else {})
+
+
+async def _undo_leftovers(services: Services, cleanup: dict[str, Any],
+                          target: str) -> tuple[str, bool] | None:
     scratch = cleanup.get("scratch_dir")
     if scratch:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
     database = cleanup.get("drop_database")
     if database and target in services.settings.targets:
-        await _drop_quietly(services.settings.targets[target].parsed_dsn, database)
+        return database, await _drop_quietly(services.settings.targets[target].parsed_dsn,
+                                             database)
+    return None
