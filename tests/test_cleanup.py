@@ -379,3 +379,29 @@ async def test_a_dead_workers_restore_is_undone_by_another_replica(
     assert await backends(f"pgvault/restore/{job_id}") == []
     assert psutil.wait_procs(orphans, timeout=5)[1] == []
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_in_place_cancelled_after_its_commit_reports_the_restore(
+        make_settings: Any, tmp_path: Path) -> None:
+    """Once committed, an in-place restore cannot be undone by a cancel: the job says the
+    target was restored (checks cut short), not "cancelled"."""
+    db = await slow_index_db("slowipan", rows=300, delay=0.05, when="checking")
+    settings = make_settings(targets={"slowipan": {"dsn": dsn(db), "retention_min_backups": 1}},
+                             work_dir=tmp_path)
+    async with running_app(settings) as c:
+        bid = (await backup(c, "slowipan"))["result"]["backup_id"]
+        before = await fingerprint(db)
+        conn = await admin_conn(db)
+        try:
+            await conn.execute("DELETE FROM public.t WHERE id > 200")
+        finally:
+            await conn.close()
+        job_id = await start_restore(c, "slowipan", {"backup_id": bid, "mode": "in_place",
+                                                     "confirm": "slowipan"})
+        await wait_busy(f"pgvault/restore/{job_id}", "ANALYZE")
+        job = await cancel(c, job_id)
+        await nothing_left(job_id, "restore", tmp_path)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["checklist"]["skipped"] is True
+    assert job["result"]["rows_match"] is None and "cancelled" in job["summary"]
+    assert await fingerprint(db) == before
