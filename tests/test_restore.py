@@ -318,6 +318,8 @@ async def test_restore_requests_are_validated(client: Any) -> None:
         ({"backup_id": bid, "severity": 4}, 422),
         ({"backup_id": bid, "jobs": 0}, 422),
         ({"backup_id": bid, "mode": "in_place"}, 422),
+        ({"backup_id": bid, "mode": "in_place", "confirm": "pagila", "keep_on_failure": True},
+         422),  # an in-place restore that fails is rolled back: nothing to keep
         ({"backup_id": "20000101T000000Z-aaaaaa"}, 404),
     ]
     for body, status in cases:
