@@ -142,11 +142,16 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
             if not in_place:
                 await ctx.set_phase("create database")
                 conn = await connect_target(dsn)
-                try:
-                    await uninterrupted(_create_database(conn, database, doc))
-                    created = True
+
+                async def create() -> None:
+                    nonlocal created
+                    await _create_database(conn, database, doc)
+                    created = True  # known even when a cancel lands meanwhile
                     ctx.result.update(database=database, database_dropped=False)
                     await ctx.note_cleanup("drop_database", database)
+
+                try:
+                    await uninterrupted(create())
                 finally:
                     await conn.close()
             if in_place:
