@@ -29,7 +29,7 @@ from app.config import PgDsn
 from app.errors import NotFound, StepFailed
 from app.integrations import pg_tools
 from app.integrations.process import PipelineError, run
-from app.integrations.target_db import connect_target, uninterrupted
+from app.integrations.target_db import connect_target, end_backends, uninterrupted
 from app.maintenance import tasks as maintenance
 from app.restore import checks, databases, fetch
 from app.restore import globals as globals_
@@ -139,6 +139,9 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
             plain = await fetch.fetch(ctx, doc, workdir)
             if params.get("include_globals") and "globals" in plain:
                 roles = await _apply_globals(ctx, dsn, plain["globals"])
+                # Roles are the cluster's, committed at once: a restore that fails later
+                # leaves them (they may be in use by then), and says which they are.
+                ctx.result["roles_created"] = roles["created"]
             if not in_place:
                 await ctx.set_phase("create database")
                 conn = await connect_target(dsn)
@@ -171,8 +174,10 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
         if not committed:
             await _abandon_database(ctx, dsn, database, created)
             raise
-        # The in-place restore is committed: a cancel can only cut its checks short.
+        # The in-place restore is committed: a cancel can only cut its checks short (and end
+        # their backends, as the runner does for jobs that do not succeed).
         asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        await asyncio.shield(end_backends(dsn, ctx.application_name))
         checklist = _checks_skipped(roles)
     except BaseException:
         await _abandon_database(ctx, dsn, database, created)
