@@ -6,7 +6,7 @@ from app.archives.retention import run_retention
 from app.backup.service import cleanup_backup, run_backup
 from app.jobs.runner import Cleanup, Handler
 from app.maintenance.service import run_maintenance
-from app.restore.service import cleanup_restore, run_restore, run_verify
+from app.restore.service import cleanup_restore, cleanup_verify, run_restore, run_verify
 
 HANDLERS: dict[str, Handler] = {
     "backup": run_backup,
@@ -19,5 +19,5 @@ HANDLERS: dict[str, Handler] = {
 CLEANUPS: dict[str, Cleanup] = {
     "backup": cleanup_backup,
     "restore": cleanup_restore,
-    "verify": cleanup_restore,
+    "verify": cleanup_verify,
 }

@@ -166,8 +166,8 @@ async def test_pg_dump_killed_mid_stream_fails_without_manifest(
             while not killed and time.monotonic() < deadline:
                 killed = await conn.fetchval(
                     """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                       WHERE datname = $1 AND application_name = 'pg_dump'
-                         AND query LIKE 'COPY%'""", big_db)
+                       WHERE datname = $1 AND application_name = $2
+                         AND query LIKE 'COPY%'""", big_db, f"pgvault/backup/{job_id}")
                 await asyncio.sleep(0.02)
         finally:
             await conn.close()

@@ -8,6 +8,8 @@ variables (``PGHOST``, ``PGPASSWORD``, ...) built from the parsed DSN, so nothin
 argv (``ps`` shows argv to every user of the host). The database a tool connects to comes from
 ``PGDATABASE`` too: libpq never expands an environment value into a connection string, and no name
 can turn into an option. ``--no-password`` makes a missing password an error rather than a prompt.
+``PGAPPNAME`` is the running job's application_name (``app.integrations.target_db``), so its
+backends can be found and ended when the job ends early.
 
 Exit codes: every tool here exits 0 on success and non-zero on failure; pg_restore exits 1 when it
 finished with errors (it prints ``errors ignored on restore: N``).
@@ -21,6 +23,16 @@ from pathlib import Path
 from app.config import PgDsn
 from app.integrations.pg_clients import Client
 from app.integrations.process import Stage
+from app.integrations.target_db import JOB_APPLICATION_NAME
+
+
+def _env(dsn: PgDsn, database: str | None = None) -> dict[str, str]:
+    """libpq's environment for ``dsn``, with the running job's application_name (so its server
+    backends can be found and ended with it)."""
+    env = dsn.libpq_env(database)
+    if (job := JOB_APPLICATION_NAME.get()) is not None:
+        env["PGAPPNAME"] = job
+    return env
 
 
 def pg_dump_stage(client: Client, dsn: PgDsn, *, snapshot: str, lock_wait_timeout_s: int,
@@ -30,7 +42,7 @@ def pg_dump_stage(client: Client, dsn: PgDsn, *, snapshot: str, lock_wait_timeou
     # Each name as a quoted pattern: matched exactly, as the manifest's facts match it (unquoted,
     # pg_dump would fold "Sales" to sales and read "*", "?" and "." as wildcards and separators).
     argv += [f"--exclude-schema={exact_pattern(name)}" for name in exclude_schemas]
-    return Stage("pg_dump", argv, env=dsn.libpq_env())
+    return Stage("pg_dump", argv, env=_env(dsn))
 
 
 def exact_pattern(name: str) -> str:
@@ -44,7 +56,7 @@ def pg_dumpall_globals_stage(client: Client, dsn: PgDsn) -> Stage:
     # at configuration (no leading '-', no '=').
     argv = [client.path, "--globals-only", "--no-role-passwords", "--no-password",
             f"--database={dsn.database}"]
-    return Stage("pg_dumpall", argv, env=dsn.libpq_env())
+    return Stage("pg_dumpall", argv, env=_env(dsn))
 
 
 def zstd_compress_stage(level: int, threads: int) -> Stage:
@@ -85,7 +97,7 @@ def pg_restore_stage(client: Client, dsn: PgDsn, database: str, dump: Path, *, j
     # The target database as a connection string built here: a name can never become an option
     # or smuggle in other parameters.
     argv += [f"--dbname={conninfo_dbname(database)}", "--", str(dump)]
-    return Stage("pg_restore", argv, env=dsn.libpq_env(database))
+    return Stage("pg_restore", argv, env=_env(dsn, database))
 
 
 def conninfo_dbname(database: str) -> str:
@@ -117,7 +129,7 @@ def pg_restore_definitions_stage(client: Client, dsn: PgDsn, database: str, dump
     argv = [client.path, "--no-password", "--exit-on-error", "--no-owner", "--no-privileges",
             "--no-comments", f"--use-list={selection}",
             f"--dbname={conninfo_dbname(database)}", "--", str(dump)]
-    return Stage("pg_restore --use-list", argv, env=dsn.libpq_env(database))
+    return Stage("pg_restore --use-list", argv, env=_env(dsn, database))
 
 
 def psql_stage(client: Client, dsn: PgDsn, database: str, sql_file: Path | None, *,
@@ -127,7 +139,7 @@ def psql_stage(client: Client, dsn: PgDsn, database: str, sql_file: Path | None,
             f"--file={sql_file if sql_file is not None else '-'}"]
     if single_transaction:
         argv.append("--single-transaction")
-    return Stage("psql", argv, env=dsn.libpq_env(database))
+    return Stage("psql", argv, env=_env(dsn, database))
 
 
 # The lines a pg_restore script opens with (pg_backup_archiver.c's fixed output state, comments,

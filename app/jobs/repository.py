@@ -135,8 +135,10 @@ async def reap_expired(conn: Any) -> list[Any]:
     return rows
 
 
-async def clear_cleanup(conn: Any, job_id: UUID) -> None:
-    await conn.execute("UPDATE jobs SET cleanup = '{}' WHERE id = $1", job_id)
+async def clear_cleanup(conn: Any, job_id: UUID, facts: dict[str, Any] | None = None) -> None:
+    """Forget a reaped job's cleanup notes, adding to its result what undoing them found."""
+    await conn.execute("UPDATE jobs SET cleanup = '{}', result = coalesce(result, '{}') || $2 "
+                       "WHERE id = $1", job_id, facts or {})
 
 
 async def get_idempotency(conn: Any, caller: str, key: str) -> Any:

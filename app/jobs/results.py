@@ -128,6 +128,8 @@ class RestoreChecklist(_Model):
         description="restored login roles: they have no password (dumped without)")
     globals: GlobalsOutcome | None = Field(description="null unless include_globals")
     database_properties: DatabaseProperties
+    skipped: bool | None = Field(None, description="true when a cancel cut the post-restore "
+                                 "steps short after an in-place restore had committed")
 
 
 class RestoreResult(_Model):
@@ -140,7 +142,8 @@ class RestoreResult(_Model):
     severity: Literal[1, 2, 3]
     rto_hours: float
     rto_met: bool = Field(description="duration_s within the severity's RTO")
-    rows_match: bool
+    rows_match: bool | None = Field(description="null when the post-restore checks were cut "
+                                    "short (in place, cancelled after the commit)")
     checklist: RestoreChecklist
     tools: ToolsUsed
     phase_durations_s: PhaseDurations
@@ -196,10 +199,25 @@ class MaintenanceResult(_Model):
     phase_durations_s: PhaseDurations
 
 
-class FailedResult(_Model):
-    """A failed or cancelled job: the step that failed, when one did (the error says why)."""
+class FailedResult(BaseModel):
+    """A failed or cancelled job: the step that failed, when one did (the error says why), and
+    what the job's ending did or left (a verification adds what it found before it stopped)."""
+
+    model_config = ConfigDict(extra="allow")
 
     failed_step: str | None = Field(None, examples=["pg_dump"])
+    database: str | None = Field(None, description="restore: the database it created or "
+                                 "replaced")
+    database_dropped: bool | None = Field(None, description="restore: the database it created "
+                                          "was dropped (false: it could not be, or was kept)")
+    database_kept: bool | None = Field(None, description="restore: kept, as keep_on_failure "
+                                       "asked")
+    committed: bool | None = Field(None, description="in-place restore: the target holds the "
+                                   "archive's data")
+    roles_created: list[str] | None = Field(None, description="restore with globals: roles it "
+                                            "created (the cluster's; they are not dropped)")
+    scratch_database_dropped: bool | None = Field(None, description="verify: its scratch "
+                                                  "database is gone")
     # Absent when the job never ran (cancelled while queued, or failed by the reaper).
     phase_durations_s: PhaseDurations = Field(default_factory=dict)
 

@@ -6,6 +6,11 @@ lease expired (its worker crashed, was killed or lost its host) is marked failed
 reaper, which also undoes what the job registered as pending cleanup (a multipart upload, a scratch
 database). Cancellation is a flag in the job row that the owning worker sees on its next heartbeat;
 the job's task is then cancelled, and the command's own ``finally`` blocks kill its processes.
+
+However a job ends short of success (failure, cancel, shutdown, lost lease), the runner then ends
+its server-side work -- the target's backends carrying the job's application_name, which a killed
+psql leaves running -- and undoes what the job's cleanup notes still list, as a reaper would.
+What a command put in ``ctx.result`` is kept in the result of a job that did not succeed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import structlog
 from app.audit import repository as audit_repo
 from app.errors import PgVaultError, StepFailed
 from app.integrations import pg_errors
+from app.integrations.target_db import JOB_APPLICATION_NAME, end_backends, job_application_name
 from app.jobs import repository as repo
 from app.jobs import summaries
 from app.jobs.schemas import Job
@@ -36,7 +42,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pgvault.jobs")
 
 Handler = Callable[["JobContext"], Awaitable[tuple[dict[str, Any], str]]]
-Cleanup = Callable[["Services", dict[str, Any], str], Awaitable[None]]
+# Undoes a job's leftovers from its cleanup notes; returns facts for the job's result (e.g.
+# ``{"database": ..., "database_dropped": true}``).
+Cleanup = Callable[["Services", dict[str, Any], str], Awaitable[dict[str, Any] | None]]
+
+# How long undoing a job's leftovers (storage deletes, a DROP DATABASE) may hold its ending.
+CLEANUP_BOUND_S = 60.0
 
 
 class JobContext:
@@ -60,6 +71,10 @@ class JobContext:
         # empty counters of the short step that came after.
         self._last_stream: tuple[int, int | None, int] | None = None
         self.cleanup: dict[str, Any] = {}
+        # What the job's result must say even if it fails or is cancelled (e.g. whether the
+        # database a restore created was dropped); merged into the recorded result.
+        self.result: dict[str, Any] = {}
+        self.application_name = job_application_name(self.kind, self.job_id)
         self.cancel_reason = "cancelled on request"
         self.cancelling = False
         self.phase_started = time.monotonic()
@@ -257,16 +272,33 @@ class JobRunner:
                                         job_id=row["id"], details={"reason": "worker lost"})
         for row in rows:
             log.warning("job_reaped", job_id=str(row["id"]), phase=row["phase"])
-            cleanup = self.cleanups.get(row["kind"])
-            if cleanup is not None and row["cleanup"]:
-                try:
-                    await cleanup(self.services, row["cleanup"], row["target"])
-                    async with self.services.pool.acquire() as conn:
-                        await repo.clear_cleanup(conn, row["id"])
-                except Exception as exc:
-                    log.warning("job_cleanup_failed", job_id=str(row["id"]),
-                                error_type=type(exc).__name__)
+            if not row["cleanup"]:
+                continue
+            done, facts = await self._undo(row["id"], row["kind"], row["target"],
+                                           row["cleanup"])
+            if done:
+                async with self.services.pool.acquire() as conn:
+                    await repo.clear_cleanup(conn, row["id"], facts)
         return len(rows)
+
+    async def _undo(self, job_id: UUID, kind: str, target: str,
+                    notes: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """End a job's backends on its target (after its processes are gone: killed, or dead
+        with their worker), then undo what its cleanup notes list. Bounded; returns whether
+        all of it was done, and what the cleanup reports for the job's result."""
+        name = notes.get("application_name")
+        if name and target in self.settings.targets:
+            await end_backends(self.settings.targets[target].parsed_dsn, name)
+        cleanup = self.cleanups.get(kind)
+        rest = {k: v for k, v in notes.items() if k != "application_name"}
+        if cleanup is None or not rest:
+            return True, {}
+        try:
+            async with asyncio.timeout(CLEANUP_BOUND_S):
+                return True, await cleanup(self.services, rest, target) or {}
+        except Exception as exc:
+            log.warning("job_cleanup_failed", job_id=str(job_id), error_type=type(exc).__name__)
+            return False, {}
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -283,8 +315,10 @@ class JobRunner:
         result: dict[str, Any] = {}
         error: dict[str, str] | None = None
         secrets_ = self.settings.secrets()
+        JOB_APPLICATION_NAME.set(ctx.application_name)  # this task's context only
         try:
             ctx.log.info("job_started")
+            await ctx.note_cleanup("application_name", ctx.application_name)
             await ctx.flush_progress()  # "queued" no more: say it started
             result, summary = await handler(ctx)
             status = "succeeded"
@@ -319,8 +353,18 @@ class JobRunner:
         duration = time.monotonic() - started
         ctx._close_phase()
         ctx.keep_final_progress()
+        if status != "succeeded":
+            result = {**ctx.result, **result}
         result = {**result, "phase_durations_s": ctx.phase_durations}
-        await asyncio.shield(self._record(ctx, status, result, error, summary, duration))
+        # One shielded step: a cancel landing during the clean-up must not skip the record.
+        await asyncio.shield(self._end(ctx, status, result, error, summary, duration))
+
+    async def _end(self, ctx: JobContext, status: str, result: dict[str, Any],
+                   error: dict[str, str] | None, summary: str, duration: float) -> None:
+        if status != "succeeded":
+            _, facts = await self._undo(ctx.job_id, ctx.kind, ctx.target, ctx.cleanup)
+            result = {**result, **facts}
+        await self._record(ctx, status, result, error, summary, duration)
 
     async def _record(self, ctx: JobContext, status: str, result: dict[str, Any],
                       error: dict[str, str] | None, summary: str, duration: float) -> None:

@@ -9,13 +9,18 @@ transaction on one psql session that it drives itself:
     DROP <its transforms, access methods, publications, servers, ...> IF EXISTS;
     lo_unlink(<the archive's large objects>);
     <the dump as an SQL script, from pg_restore --single-transaction -f -, less its COMMIT>
-    COMMIT;   -- written only after pg_restore exited 0
+    \\echo <marker>   -- psql has run all of the above
+    COMMIT;   -- written only after pg_restore exited 0 and psql echoed the marker
 
 psql runs with ``ON_ERROR_STOP``. If pg_restore fails, psql fails, or the job is cancelled, psql is
 killed before ``COMMIT`` is ever sent and the server rolls the transaction back: the target keeps
-its data. (psql's own ``--single-transaction`` is not enough: it commits at end of input, which
-is also what it sees when pg_restore dies. And pg_restore's script needs its own
-``--single-transaction``, or its large objects come in a BEGIN/COMMIT of their own.) Objects
+its data. (The runner then cancels psql's backend, found by its application_name: a backend busy
+with ``CREATE INDEX`` would otherwise hold its locks until the statement ends.) Once ``COMMIT`` is
+written, its outcome is the server's: a cancel then waits for it, and a committed restore is
+reported as such, never as cancelled. (psql's own ``--single-transaction`` is not enough: it
+commits at end of input, which is also what it sees when pg_restore dies. And pg_restore's
+script needs its own ``--single-transaction``, or its large objects come in a BEGIN/COMMIT of
+their own.) Objects
 outside the archive's schemas that depend on what would be dropped (views, foreign keys, columns
 of its types, triggers calling its functions, ...) make the restore refuse before any change,
 rather than vanish with CASCADE.
@@ -31,7 +36,7 @@ import asyncio
 import json
 import os
 import re
-import subprocess
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,13 +229,20 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
     restore = Pipeline([pg_tools.pg_restore_script_stage(tools.use(tools.pg_restore), dump)])
     feed_r, feed_w = os.pipe()
     psql = Pipeline([pg_tools.psql_stage(tools.use(tools.psql), dsn, dsn.database, None)],
-                    stdin=feed_r, stdout=subprocess.DEVNULL)
+                    stdin=feed_r)
     feed = PipeWriter(feed_w, "in-place")
+    # psql echoes this once it has run everything before the COMMIT: until then a cancel rolls
+    # it all back (psql killed, its backend cancelled by the runner); from then on only the
+    # COMMIT's own outcome counts.
+    marker = f"pgvault-ready-{secrets.token_hex(8)}".encode()
+    ready = asyncio.Event()
+    output: asyncio.Task[None] | None = None
     try:
         try:
             await psql.start()
         finally:
             os.close(feed_r)
+        output = asyncio.create_task(_drain_output(psql, marker, ready))
         await restore.start()
         try:
             await feed.write(head.encode())
@@ -246,23 +258,83 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
             await restore.wait()
             if fitter is not None:
                 tail += fitter.finish()
-            await feed.write(_without_commit(tail) + b"COMMIT;\n")
+            await feed.write(_without_commit(tail) + b"\\echo " + marker + b"\n")
         except BrokenPipeError:
             pass  # psql stopped on an error: its exit code says which
         except PipelineError as exc:
             # pg_restore failed: kill psql before its input ends, so nothing is committed.
             await asyncio.shield(psql.kill())
             raise StepFailed("restore in place (rolled back)", str(exc)) from None
-        await feed.close()
+        waiter = asyncio.ensure_future(ready.wait())
         try:
-            await psql.wait()
-        except PipelineError as exc:
-            raise StepFailed("restore in place (rolled back)", str(exc)) from None
+            await asyncio.wait([waiter, output], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not ready.is_set():  # psql ended before it ran everything: an error
+            await feed.close()
+            try:
+                await psql.wait()
+            except PipelineError as exc:
+                raise StepFailed("restore in place (rolled back)", str(exc)) from None
+            raise StepFailed("restore in place (rolled back)", "psql ended before the COMMIT")
     except BaseException:
         await asyncio.shield(_kill_all(psql, restore))
-        raise
-    finally:
+        if output is not None:
+            output.cancel()
         await feed.close()
+        raise
+    await _commit(psql, feed, output)
+
+
+# How long a cancel that lands during the COMMIT waits for its outcome before giving up on it.
+COMMIT_SETTLE_S = 60.0
+
+
+async def _commit(psql: Pipeline, feed: PipeWriter, output: asyncio.Task[None]) -> None:
+    """Send the COMMIT and report its true outcome. Once sent, killing psql could not undo it
+    (the server may have it already): a cancel meanwhile waits for psql to say how it ended,
+    and is swallowed when the restore committed (the job then succeeds: it did)."""
+    async def send_and_wait() -> None:
+        try:
+            await feed.write(b"COMMIT;\n")
+        except BrokenPipeError:
+            pass  # psql is gone: its exit code says why
+        await feed.close()
+        await psql.wait()
+        await output
+
+    outcome = asyncio.ensure_future(send_and_wait())
+    try:
+        await asyncio.shield(outcome)
+    except asyncio.CancelledError:
+        try:
+            await asyncio.wait_for(asyncio.shield(outcome), COMMIT_SETTLE_S)
+        except TimeoutError:
+            await asyncio.shield(psql.kill())
+            raise StepFailed("restore in place", "cancelled while the COMMIT was in progress, "
+                             f"which did not end within {COMMIT_SETTLE_S:.0f} s: whether the "
+                             "target holds the archive's data is unknown; check it") from None
+        except PipelineError:
+            raise asyncio.CancelledError() from None  # the COMMIT failed: rolled back
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        return
+    except PipelineError as exc:
+        raise StepFailed("restore in place (rolled back)", str(exc)) from None
+    finally:
+        output.cancel()
+        await feed.close()
+
+
+async def _drain_output(psql: Pipeline, marker: bytes, ready: asyncio.Event) -> None:
+    """Read psql's output to its end (the script's SELECTs print results), setting ``ready``
+    when the marker line appears."""
+    needle = marker + b"\n"
+    window = b""
+    while chunk := await psql.read(1 << 16):
+        if not ready.is_set():
+            window = window[-len(needle):] + chunk
+            if needle in window:
+                ready.set()
 
 
 SCRIPT_TAIL = 4096

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 async def start_restore(services: Services, caller: Principal, target: str,
                         body: RestoreRequest, idempotency_key: str | None) -> Job:
     """Queue a restore of a complete archive (404 if there is none, 409 if unreadable)."""
-    request = body.model_dump()
+    # keep_on_failure and include_database_settings came later: left out when false, a request
+    # hashes as it always did.
+    request = body.model_dump(exclude={name for name in ("keep_on_failure",
+                                                         "include_database_settings")
+                                       if not getattr(body, name)})
     seen = await jobs.replay(services, caller, kind="restore", target=target, request=request,
                              idempotency_key=idempotency_key)
     if seen is not None:
@@ -33,6 +37,9 @@ async def start_restore(services: Services, caller: Principal, target: str,
                                  f"target's name in confirm ({target!r})")
         if body.database not in (None, own_db):
             raise InvalidRequest("database applies to new_database restores only")
+        if body.keep_on_failure:
+            raise InvalidRequest("keep_on_failure applies to new_database restores only: an "
+                                 "in_place restore that fails is rolled back")
         database = own_db
     else:
         database = body.database or default_database_name(target)

@@ -26,6 +26,10 @@ class RestoreRequest(BaseModel):
         "gets them")
     jobs: int = Field(2, ge=1, le=16, description="parallel pg_restore jobs (new_database)")
     severity: Literal[1, 2, 3] = Field(2, description="incident severity: RTO 1 h / 4 h / 8 h")
+    keep_on_failure: bool = Field(
+        False, description="new_database only: keep the database if the restore fails or is "
+        "cancelled (it may be partial); by default it is dropped. The job result says which "
+        "(database_dropped)")
 
 
 class VerifyRequest(BaseModel):

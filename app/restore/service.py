@@ -15,7 +15,6 @@ failure rolls the target back to what it was.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import structlog
 
 from app.archives.service import ArchiveUnreadable, load_manifest
 from app.config import PgDsn
@@ -32,7 +32,7 @@ from app.errors import NotFound, StepFailed
 from app.integrations import pg_errors, pg_tools
 from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import PipelineError, run
-from app.integrations.target_db import connect_target
+from app.integrations.target_db import connect_target, end_backends, uninterrupted
 from app.maintenance import tasks as maintenance
 from app.restore import checks, database_properties, databases, fetch
 from app.restore import globals as globals_
@@ -42,6 +42,8 @@ from app.restore.tools import archive_reader, restore_tools
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
     from app.lifespan import Services
+
+log = structlog.get_logger("pgvault.restore")
 
 
 # What pgvault's own sessions on a restored database need, whatever ALTER DATABASE / ALTER ROLE
@@ -184,43 +186,69 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     severity = int(params.get("severity") or 2)
     doc = await _manifest(ctx)
     tools = await restore_tools(ctx.services.clients, dsn, doc)
-    created = False
+    created = committed = False
     roles: dict[str, Any] = {"created": [], "skipped_existing": [], "login_roles": []}
+    properties: dict[str, Any] | None = None
 
     try:
         async with fetch.scratch_dir(ctx) as workdir:
             plain = await fetch.fetch(ctx, doc, workdir)
             if params.get("include_globals") and "globals" in plain:
                 roles = await _apply_globals(ctx, dsn, plain["globals"], tools)
+                # Roles are the cluster's, committed at once: a restore that fails later
+                # leaves them (they may be in use by then), and says which they are.
+                ctx.result["roles_created"] = roles["created"]
             if not in_place:
                 await ctx.set_phase("create database")
                 conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
-                try:
+
+                async def create() -> None:
+                    nonlocal created
                     await _create_database(conn, database, doc)
-                    created = True
+                    created = True  # known even when a cancel lands meanwhile
+                    ctx.result.update(database=database, database_dropped=False)
                     await ctx.note_cleanup("drop_database", database)
+
+                try:
+                    await uninterrupted(create())
                 finally:
                     await conn.close()
+            properties = await _read_properties(plain)
             if in_place:
                 await replace_in_place(ctx, dsn, plain["database"], doc, tools)
+                committed = True
+                ctx.result.update(database=database, committed=True)
             else:
                 await _pg_restore(ctx, dsn, database, plain["database"], doc,
                                   jobs=int(params["jobs"]), tools=tools)
-            properties = await _read_properties(plain)
+        if in_place and ctx.cancelling:
+            # The cancel came while the COMMIT was with the server, and it committed.
+            checklist = _checks_skipped(roles)
+        else:
+            checklist = await _post_restore(ctx, dsn, database, doc)
+            # Applied last: a setting such as default_transaction_read_only must not stop the
+            # post-restore steps.
+            checklist["database_properties"] = await _database_properties(
+                ctx, dsn, database, properties, in_place=in_place,
+                asked=bool(params.get("include_database_settings")))
+        await ctx.note_cleanup("drop_database", None)  # the restore succeeded: it stays
+    except asyncio.CancelledError:
+        if not committed:
+            await _abandon_database(ctx, dsn, database, created)
+            raise
+        # The in-place restore is committed: a cancel can only cut its checks short (and end
+        # their backends, as the runner does for jobs that do not succeed).
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        await asyncio.shield(end_backends(dsn, ctx.application_name))
+        checklist = _checks_skipped(roles)
     except BaseException:
-        if created:
-            await asyncio.shield(_drop_quietly(dsn, database))
+        await _abandon_database(ctx, dsn, database, created)
         raise
-    await ctx.note_cleanup("drop_database", None)
-    checklist = await _post_restore(ctx, dsn, database, doc)
 
     duration = time.monotonic() - started
     rto_hours = settings.rto_hours[severity]
     checklist["roles_to_reset_password"] = roles["login_roles"]
     checklist["globals"] = roles if params.get("include_globals") else None
-    checklist["database_properties"] = await _database_properties(
-        ctx, dsn, database, properties, in_place=in_place,
-        asked=bool(params.get("include_database_settings")))
     rows_ok = checklist["row_counts"]["ok"]
     result = {
         "backup_id": doc["backup_id"], "mode": params["mode"], "database": database,
@@ -228,9 +256,11 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
         "rto_met": duration <= rto_hours * 3600, "rows_match": rows_ok, "checklist": checklist,
         "tools": tools.used,
     }
+    if checklist.get("skipped"):
+        result["rows_match"] = None
     summary = (f"restored {doc['backup_id']} into {database} in {duration:.1f} s "
                f"(RTO {'met' if result['rto_met'] else 'MISSED'}); rows "
-               f"{'match' if rows_ok else 'DIFFER'}; "
+               f"{_rows_word(checklist)}; "
                f"{len(checks.made_worse(checklist['invalid_indexes']))} invalid index(es)"
                f"{_as_in_source(checklist['invalid_indexes'])}, "
                f"{len(checklist['roles_to_reset_password'])} role(s) need a password, "
@@ -238,12 +268,46 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     return result, summary
 
 
+async def _abandon_database(ctx: JobContext, dsn: PgDsn, database: str, created: bool) -> None:
+    """A new-database restore that does not succeed drops the database it created, whatever
+    the phase, unless the request asked to keep it; its result says which."""
+    if not created:
+        return
+    if ctx.params.get("keep_on_failure"):
+        ctx.result.update(database=database, database_dropped=False, database_kept=True)
+        await asyncio.shield(ctx.note_cleanup("drop_database", None))
+        return
+    dropped = await asyncio.shield(_drop_quietly(dsn, database))
+    ctx.result.update(database=database, database_dropped=dropped)
+    if dropped:
+        await asyncio.shield(ctx.note_cleanup("drop_database", None))
+
+
+def _checks_skipped(roles: dict[str, Any]) -> dict[str, Any]:
+    note = ("cancelled after the in-place restore was committed: the target holds the "
+            "archive's data; the post-restore checks did not run")
+    return {"skipped": True, "analyze": {"done": False}, "materialized_views_refreshed": [],
+            "row_counts": {"ok": False, "tables_checked": 0, "mismatches": []},
+            "invalid_indexes": [], "unvalidated_constraints": [], "subscriptions_to_enable": [],
+            "database_properties": {"status": "not applied (post-restore steps cancelled)",
+                                    "applied": [], "skipped": []},
+            "errors": [note]}
+
+
+def _rows_word(checklist: dict[str, Any]) -> str:
+    if checklist.get("skipped"):
+        return "not checked (post-restore checks cancelled)"
+    return "match" if checklist["row_counts"]["ok"] else "DIFFER"
+
+
 async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     started = time.monotonic()
     level = ctx.params.get("level", "checksum")
     doc = await _manifest(ctx)
     dsn = ctx.services.settings.targets[ctx.target].parsed_dsn
-    result: dict[str, Any] = {"backup_id": doc["backup_id"], "level": level}
+    # Kept in the job's result even if the verification fails (what it found so far).
+    result = ctx.result
+    result.update(backup_id=doc["backup_id"], level=level)
     reader = archive_reader(ctx.services.clients, doc)
     tools = await restore_tools(ctx.services.clients, dsn, doc) if level == "restore" else None
     result["tools"] = {"pg_restore": reader.version}
@@ -260,13 +324,14 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
         if tools is not None:
             scratch = f"pgvault_verify_{secrets.token_hex(4)}"
             result["scratch_database"] = scratch
-            conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
+            await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
             try:
-                await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
-                await _create_database(conn, scratch, doc)
-            finally:
-                await conn.close()
-            try:
+                await ctx.set_phase("create database")
+                conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
+                try:
+                    await uninterrupted(_create_database(conn, scratch, doc))
+                finally:
+                    await conn.close()
                 await _pg_restore(ctx, dsn, scratch, plain["database"], doc, jobs=2, tools=tools)
                 result["tools"] = tools.used
                 await ctx.set_phase("compare")
@@ -278,8 +343,10 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 finally:
                     await conn.close()
             finally:
-                await asyncio.shield(_drop_quietly(dsn, scratch))
-            await ctx.note_cleanup("drop_database", None)
+                result["scratch_database_dropped"] = await asyncio.shield(
+                    _drop_quietly(dsn, scratch))
+                if result["scratch_database_dropped"]:
+                    await asyncio.shield(ctx.note_cleanup("drop_database", None))
     result["duration_s"] = round(time.monotonic() - started, 3)
     problems = []
     if level == "restore":
@@ -341,20 +408,43 @@ async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
                          f"and locale: {pg_errors.describe(exc)}") from None
 
 
-async def _drop_quietly(dsn: PgDsn, database: str) -> None:
-    with contextlib.suppress(Exception):
+async def _drop_quietly(dsn: PgDsn, database: str) -> bool:
+    """DROP DATABASE ... WITH (FORCE); whether it is gone (False: the server could not be
+    reached or refused; the failure is logged, not raised, as this runs on failure paths)."""
+    try:
         conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
         try:
             await databases.drop(conn, database)
         finally:
             await conn.close()
+        return True
+    except Exception as exc:
+        log.warning("drop_database_failed", error_type=type(exc).__name__)
+        return False
 
 
-async def cleanup_restore(services: Services, cleanup: dict[str, Any], target: str) -> None:
-    """Undo a dead worker's restore or verification: its scratch folder and database."""
+async def cleanup_restore(services: Services, cleanup: dict[str, Any],
+                          target: str) -> dict[str, Any]:
+    """Undo a dead worker's restore: its scratch folder and the database it created."""
+    dropped = await _undo_leftovers(services, cleanup, target)
+    return {"database": dropped[0], "database_dropped": dropped[1]} if dropped else {}
+
+
+async def cleanup_verify(services: Services, cleanup: dict[str, Any],
+                         target: str) -> dict[str, Any]:
+    """Undo a dead worker's verification: its scratch folder and scratch database."""
+    dropped = await _undo_leftovers(services, cleanup, target)
+    return ({"scratch_database": dropped[0], "scratch_database_dropped": dropped[1]}
+            if dropped else {})
+
+
+async def _undo_leftovers(services: Services, cleanup: dict[str, Any],
+                          target: str) -> tuple[str, bool] | None:
     scratch = cleanup.get("scratch_dir")
     if scratch:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
     database = cleanup.get("drop_database")
     if database and target in services.settings.targets:
-        await _drop_quietly(services.settings.targets[target].parsed_dsn, database)
+        return database, await _drop_quietly(services.settings.targets[target].parsed_dsn,
+                                             database)
+    return None
