@@ -128,6 +128,7 @@ async def test_a_cancel_during_the_in_place_commit_waits_for_its_outcome(tmp_pat
     import subprocess
 
     from app.config import PgDsn
+    from app.integrations.pg_clients import RestoreTools, discover
     from app.integrations.target_db import JOB_APPLICATION_NAME
     from app.restore import in_place
     from tests.conftest import PG_HOST
@@ -152,8 +153,9 @@ async def test_a_cancel_during_the_in_place_commit_waits_for_its_outcome(tmp_pat
         """
     name = "pgvault/test/slow-commit"
     JOB_APPLICATION_NAME.set(name)
+    tools = RestoreTools.choose(discover(), 15, 15)
     task = asyncio.create_task(in_place._run_in_one_transaction(PgDsn.parse(dsn(db)), dump,
-                                                                head))
+                                                                head, tools, None))
     await wait_busy(name, "COMMIT")
     task.cancel()
     await asyncio.wait_for(task, 30)  # no CancelledError: it committed, and says so

@@ -157,6 +157,8 @@ class VerifyResult(_Model):
     objects_checked: int
     toc_entries: int
     scratch_database: str | None = Field(None, description="restore level only; dropped after")
+    scratch_database_dropped: bool | None = Field(None, description="restore level only: the "
+                                                  "scratch database is gone")
     row_counts: RowCounts | None = Field(None, description="restore level only")
     invalid_indexes: list[IndexRef] | None = Field(None, description="restore level only")
     unvalidated_constraints: list[ConstraintRef] | None = Field(None,
