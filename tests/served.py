@@ -9,9 +9,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -54,14 +56,16 @@ def uvicorn(env: dict[str, str], *args: str) -> Iterator[tuple[str, list[str]]]:
     stopped, its whole output (stdout and stderr) in the list."""
     port = free_port()
     output: list[str] = []
+    # Into a file, not a pipe: an undrained pipe that fills up blocks the server's event loop.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host",
                              "127.0.0.1", "--port", str(port), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert proc.poll() is None, _read(log)
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                     break
@@ -70,5 +74,11 @@ def uvicorn(env: dict[str, str], *args: str) -> Iterator[tuple[str, list[str]]]:
         yield url, output
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=60)
-        output.append(out)
+        proc.wait(timeout=60)
+        output.append(_read(log))
+        log.close()
+
+
+def _read(log: Any) -> str:
+    log.seek(0)
+    return str(log.read().decode(errors="replace"))

@@ -41,9 +41,14 @@ async def test_tokens_in_query_strings_never_reach_the_log(
 
 
 def test_secrets_are_scrubbed_from_tracebacks_and_messages(
-        make_settings: Any, pagila_db: str, capfd: pytest.CaptureFixture[str]) -> None:
+        make_settings: Any, pagila_db: str, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """What uvicorn logs for an unhandled exception (its message and traceback) and any event
     that carries a credential pass through the same filter as pgvault's own lines."""
+    # An in-process uvicorn started by an earlier test leaves its own handlers on uvicorn.error,
+    # bound to the stderr of that moment; here the record goes where pgvault's handler writes.
+    monkeypatch.setattr(logging.getLogger("uvicorn.error"), "handlers", [])
+    monkeypatch.setattr(logging.getLogger("uvicorn.error"), "propagate", True)
     password, passphrase = "pw-Zq81-secret", "gpg-passphrase-Zq81"
     create_app(make_settings(
         targets={"pw": {"dsn": dsn(pagila_db, "backup", password)}}, gpg_passphrase=passphrase))

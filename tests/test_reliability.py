@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,10 +50,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
 @asynccontextmanager
 async def uvicorn(settings: Settings) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
+    # Its log goes to a file: a pipe nobody drains fills up, and the server's next log line
+    # then blocks its event loop.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host",
                              "127.0.0.1", "--port", str(port)], cwd=ROOT,
                             env=settings_env(settings), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=log)
+    LOGS[proc.pid] = log
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as c:
@@ -69,6 +74,18 @@ async def uvicorn(settings: Settings) -> AsyncIterator[tuple[subprocess.Popen[by
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        LOGS.pop(proc.pid, None)
+        log.close()
+
+
+LOGS: dict[int, Any] = {}
+
+
+def server_log(proc: subprocess.Popen[bytes]) -> str:
+    """What a server started by :func:`uvicorn` has logged so far."""
+    log = LOGS[proc.pid]
+    log.seek(0)
+    return str(log.read().decode(errors="replace"))
 
 
 async def start_big_backup(url: str, target: str) -> str:
@@ -131,7 +148,7 @@ async def test_sigterm_cancels_running_backup_after_grace(
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
             stopped = time.monotonic() - started
-            stderr = proc.stderr.read().decode() if proc.stderr else ""
+            stderr = server_log(proc)
         # uvicorn re-raises the signal once its graceful shutdown is complete.
         assert proc.returncode in (0, -signal.SIGTERM), stderr[-2000:]
         assert "Application shutdown complete" in stderr
