@@ -47,8 +47,9 @@ def test_secrets_are_scrubbed_from_tracebacks_and_messages(
     that carries a credential pass through the same filter as pgvault's own lines."""
     # An in-process uvicorn started by an earlier test leaves its own handlers on uvicorn.error,
     # bound to the stderr of that moment; here the record goes where pgvault's handler writes.
-    monkeypatch.setattr(logging.getLogger("uvicorn.error"), "handlers", [])
-    monkeypatch.setattr(logging.getLogger("uvicorn.error"), "propagate", True)
+    for name in ("uvicorn", "uvicorn.error"):
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     password, passphrase = "pw-Zq81-secret", "gpg-passphrase-Zq81"
     create_app(make_settings(
         targets={"pw": {"dsn": dsn(pagila_db, "backup", password)}}, gpg_passphrase=passphrase))
