@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.backup import manifest as mf
 from app.errors import StepFailed
-from app.integrations import gpg, pg_tools
+from app.integrations import gpg, zstd
 from app.integrations.process import Pipeline, PipelineError, PipeWriter
 from app.integrations.storage import StorageError
 
@@ -129,7 +129,7 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
             os.write(pass_w, settings.gpg_passphrase.get_secret_value().encode() + b"\n")
             os.close(pass_w)
         pipeline = Pipeline([gpg.decrypt_stage(settings.gpg_home, None, status, pass_r),
-                             pg_tools.zstd_decompress_stage()], stdin=feed_r, stdout=out)
+                             zstd.decompress_stage()], stdin=feed_r, stdout=out)
         try:
             await pipeline.start()
         finally:
