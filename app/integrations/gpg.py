@@ -20,7 +20,6 @@ import os
 import pwd
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import gnupg
@@ -36,13 +35,6 @@ BASE_ARGS = [
 
 class KeyringError(Exception):
     """The keyring is unusable or a recipient key cannot encrypt."""
-
-
-@dataclass(frozen=True)
-class RecipientKey:
-    fingerprint: str
-    uids: list[str]
-    expires: int | None
 
 
 def encrypt_stage(home: Path, recipients: list[str]) -> Stage:
@@ -98,7 +90,7 @@ def lacks_secret_key(status_text: str, error_text: str) -> bool:
     return ("NO_SECKEY" in has or "No secret key" in error_text) and "DECRYPTION_OKAY" not in has
 
 
-def _check_recipients_sync(home: Path, recipients: list[str]) -> list[RecipientKey]:
+def _check_recipients_sync(home: Path, recipients: list[str]) -> list[str]:
     if not home.is_dir():
         raise KeyringError(f"GnuPG home {home} does not exist or is not a directory")
     _check_owner(home)
@@ -132,8 +124,7 @@ def _check_recipients_sync(home: Path, recipients: list[str]) -> list[RecipientK
         )
         if "E" not in caps and "e" not in caps and not usable_sub:
             raise KeyringError(f"recipient key {fpr} has no valid encryption capability")
-        expires = int(key["expires"]) if key.get("expires") else None
-        found.append(RecipientKey(fpr, list(key.get("uids", [])), expires))
+        found.append(fpr)
     return found
 
 
@@ -162,8 +153,9 @@ def _gpg_messages(stderr: str) -> str:
     return "; ".join(dict.fromkeys(lines))[:500] or "gpg failed without a message"
 
 
-async def check_recipients(home: Path, recipients: list[str]) -> list[RecipientKey]:
-    """Every recipient exists, can encrypt and has not expired; :class:`KeyringError` otherwise."""
+async def check_recipients(home: Path, recipients: list[str]) -> list[str]:
+    """Every recipient exists, can encrypt and has not expired (the fingerprints checked);
+    :class:`KeyringError` otherwise."""
     return await asyncio.to_thread(_check_recipients_sync, home, recipients)
 
 
