@@ -42,6 +42,10 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
     422: problem_response("validation failure"),
 }
 
+STORAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: problem_response("storage cannot be reached or failed; retry later"),
+}
+
 
 class PgVaultError(Exception):
     """Base of every error pgvault raises on purpose."""
@@ -93,6 +97,13 @@ class StepFailed(PgVaultError):
         super().__init__(f"{step}: {detail}")
         self.step = step
         self.cause = detail
+
+
+class StorageUnavailable(StepFailed):
+    """Storage could not be reached or failed for now: 503 on an API path; in a job, a failed
+    step like any other (jobs catch :class:`StepFailed`)."""
+
+    status, title, slug = 503, "Storage unavailable", "storage-unavailable"
 
 
 def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> JSONResponse:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
 from app.errors import InvalidRequest
+
+T = TypeVar("T")
+NOT_OURS = "cursor is not one this service issued"
 
 
 class Skipped(BaseModel):
@@ -40,7 +45,24 @@ def decode(cursor: str | None, size: int) -> list[Any] | None:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("cursor is not one this service issued") from None
+        raise InvalidRequest(NOT_OURS) from None
     if not isinstance(values, list) or len(values) != size:
-        raise InvalidRequest("cursor is not one this service issued")
+        raise InvalidRequest(NOT_OURS)
     return values
+
+
+def encode_time_key(at: datetime, record_id: Any) -> str:
+    """The position after a record of a newest-first listing keyed by (time, id)."""
+    return encode([at.isoformat(), record_id])
+
+
+def decode_time_key(cursor: str | None, id_type: Callable[[Any], T]) -> tuple[datetime, T] | None:
+    """The (time, id) position :func:`encode_time_key` wrote; ``id_type`` parses the id (``int``,
+    ``uuid.UUID``). A cursor that does not parse is a 422, whatever it holds."""
+    after = decode(cursor, 2)
+    if after is None:
+        return None
+    try:
+        return datetime.fromisoformat(after[0]), id_type(after[1])
+    except (TypeError, ValueError, AttributeError):  # uuid.UUID(5) is an AttributeError
+        raise InvalidRequest(NOT_OURS) from None

@@ -4,6 +4,8 @@ database as a damaged row, or as a newer pgvault version would write them."""
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from typing import Any
 
@@ -151,3 +153,19 @@ async def test_one_table_with_damaged_statistics_does_not_fail_the_bloat_view(
     finally:
         await conn.close()
         await drop_db(db)
+
+
+async def test_a_cursor_holding_the_wrong_types_is_422(client: Any) -> None:
+    """Cursors are opaque but travel through users' hands: one that decodes yet holds a number
+    where an id or a time belongs is refused like any other cursor not issued here."""
+    def cursor(values: list[Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+    cases = [("/v1/jobs", "viewer", ["2026-01-01T00:00:00+00:00", 5]),
+             ("/v1/jobs", "viewer", [5, str(uuid.uuid4())]),
+             ("/v1/audit", "admin", ["2026-01-01T00:00:00+00:00", "x"]),
+             ("/v1/audit", "admin", [None, 1])]
+    for path, role, values in cases:
+        resp = await client.get(path, params={"cursor": cursor(values)}, headers=auth(role))
+        assert resp.status_code == 422, (path, values, resp.text)
+        assert resp.json()["detail"] == "cursor is not one this service issued"

@@ -9,14 +9,14 @@ from app.archives import service
 from app.archives.schemas import ArchiveDetail, ArchiveList
 from app.backup.router import IdempotencyKey
 from app.dependencies import Admin, BackupId, ServicesDep, TargetName, Viewer, known_target
-from app.errors import problem_response
+from app.errors import STORAGE_ERRORS, problem_response
 from app.jobs import service as jobs
 from app.jobs.schemas import Job
 
 router = APIRouter(prefix="/v1/targets", tags=["archives"])
 
 
-@router.get("/{target}/archives", response_model=ArchiveList)
+@router.get("/{target}/archives", response_model=ArchiveList, responses=STORAGE_ERRORS)
 async def list_archives(
     target: TargetName, services: ServicesDep, _: Viewer,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -26,7 +26,8 @@ async def list_archives(
     return await service.list_archives(services, known_target(services, target), cursor, limit)
 
 
-@router.get("/{target}/archives/{backup_id}", response_model=ArchiveDetail)
+@router.get("/{target}/archives/{backup_id}", response_model=ArchiveDetail,
+            responses=STORAGE_ERRORS)
 async def get_archive(target: TargetName, backup_id: BackupId, services: ServicesDep,
                       _: Viewer) -> ArchiveDetail:
     """One archive with its manifest."""
@@ -34,7 +35,8 @@ async def get_archive(target: TargetName, backup_id: BackupId, services: Service
 
 
 @router.delete("/{target}/archives/{backup_id}", status_code=204,
-               responses={409: problem_response("retention minimums forbid it")})
+               responses={409: problem_response("retention minimums forbid it"),
+                          **STORAGE_ERRORS})
 async def delete_archive(target: TargetName, backup_id: BackupId, services: ServicesDep,
                          caller: Admin) -> Response:
     """Delete one archive, unless the target would keep fewer good archives than its minimum."""

@@ -19,7 +19,7 @@ from app.archives.schemas import Archive, ArchiveDetail, ArchiveList, Verificati
 from app.audit import repository as audit_repo
 from app.backup import manifest as mf
 from app.config import BACKUP_ID_RE
-from app.errors import Conflict, NotFound, StepFailed
+from app.errors import Conflict, NotFound, StepFailed, StorageUnavailable
 from app.integrations.storage import ObjectInfo, StorageError, StorageRefused
 from app.integrations.storage.base import key_parts
 from app.jobs import repository as jobs_repo
@@ -56,6 +56,13 @@ class _ManifestHead(BaseModel):
     objects: list[_ManifestObject] = Field(default_factory=list)
 
 
+def _storage_failed(step: str, detail: str, exc: StorageError) -> StepFailed:
+    """A refusal for good stays a failed step (500); anything else is an outage (503)."""
+    if isinstance(exc, StorageRefused):
+        return StepFailed(step, detail)
+    return StorageUnavailable(step, detail)
+
+
 def _check_manifest(raw: bytes, target: str, backup_id: str) -> dict[str, Any]:
     """The parsed manifest; :class:`ArchiveUnreadable` with the reason when it is not one this
     archive can be restored from."""
@@ -88,7 +95,8 @@ def _check_manifest(raw: bytes, target: str, backup_id: str) -> dict[str, Any]:
 async def load_manifest(services: Services, target: str, backup_id: str, *,
                         fresh: bool = False) -> dict[str, Any]:
     """The archive's manifest; :class:`NotFound` when there is none (incomplete or absent),
-    :class:`ArchiveUnreadable` (409) when it cannot be trusted.
+    :class:`ArchiveUnreadable` (409) when it cannot be trusted, :class:`StorageUnavailable` (503)
+    when storage cannot be read.
 
     Manifests never change, so listings use a per-process cache; ``fresh`` reads storage, for
     callers that must not act on an archive another replica deleted."""
@@ -103,7 +111,7 @@ async def load_manifest(services: Services, target: str, backup_id: str, *,
     except StorageRefused as exc:
         raise ArchiveUnreadable(str(exc)) from None
     except StorageError as exc:
-        raise StepFailed("read manifest", str(exc)) from None
+        raise _storage_failed("read manifest", str(exc), exc) from None
     doc = _check_manifest(raw, target, backup_id)
     if len(services.manifests) >= MANIFEST_CACHE_MAX:
         services.manifests.clear()
@@ -119,7 +127,7 @@ async def usable_manifest(services: Services, target: str, backup_id: str) -> di
     try:
         objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
     except StorageError as exc:
-        raise StepFailed("list archive", str(exc)) from None
+        raise _storage_failed("list archive", str(exc), exc) from None
     archive = _archive(target, backup_id, objects, doc, None)
     if archive.reason is not None:
         raise ArchiveUnreadable(f"archive {backup_id} is unreadable: {archive.reason}")
@@ -130,7 +138,7 @@ async def _scan(services: Services, target: str) -> dict[str, list[ObjectInfo]]:
     try:
         objects = await services.storage.list_objects(f"{target}/")
     except StorageError as exc:
-        raise StepFailed("list archives", str(exc)) from None
+        raise _storage_failed("list archives", str(exc), exc) from None
     grouped: dict[str, list[ObjectInfo]] = defaultdict(list)
     for obj in objects:
         parts = obj.key.split("/")
@@ -311,4 +319,4 @@ async def remove_archive(services: Services, target: str, backup_id: str) -> Non
         services.manifests.pop(key, None)
         await services.storage.delete([o.key for o in objects if o.key != key])
     except StorageError as exc:
-        raise StepFailed("delete archive", f"archive {backup_id}: {exc}") from None
+        raise _storage_failed("delete archive", f"archive {backup_id}: {exc}", exc) from None

@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field, ValidationError
 from app import pagination
 from app.audit import repository
 from app.dependencies import Admin, ServicesDep
-from app.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -43,13 +42,7 @@ async def list_audit(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditList:
     """Who did what, when, to which target, with what outcome; newest first."""
-    after = pagination.decode(cursor, 2)
-    key = None
-    if after is not None:
-        try:
-            key = (datetime.fromisoformat(after[0]), int(after[1]))
-        except (TypeError, ValueError):
-            raise InvalidRequest("cursor is not one this service issued") from None
+    key = pagination.decode_time_key(cursor, int)
     async with services.pool.acquire() as conn:
         rows = await repository.list_page(conn, target=target, action=action, after=key,
                                           limit=limit + 1)
@@ -66,5 +59,5 @@ async def list_audit(
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]  # the last row read, shown or skipped
-        next_cursor = pagination.encode([last["at"].isoformat(), last["id"]])
+        next_cursor = pagination.encode_time_key(last["at"], last["id"])
     return AuditList(items=items, next_cursor=next_cursor, skipped=skipped)

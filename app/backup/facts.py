@@ -13,6 +13,13 @@ from typing import Any
 
 import asyncpg
 
+from app.integrations.target_catalog import (
+    INVALID_INDEXES,
+    NOT_VALID_CONSTRAINTS,
+    SUBSCRIPTIONS,
+    row_count_statement,
+)
+
 SERVER_FACTS = """
 SELECT current_setting('server_version') AS server_version,
        current_setting('server_version_num')::int AS server_version_num,
@@ -25,9 +32,9 @@ FROM pg_database d WHERE d.datname = current_database()
 
 # Ordinary tables and partitions (partitioned parents hold no rows of their own), without
 # extension members (pg_dump leaves their data out) and without excluded schemas.
-TABLES = """
+TABLES = f"""
 SELECT n.nspname AS schema, c.relname AS name,
-       format('SELECT count(*) FROM ONLY %I.%I', n.nspname, c.relname) AS count_sql
+       {row_count_statement("n.nspname", "c.relname")} AS count_sql
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -41,11 +48,6 @@ ORDER BY 1, 2
 MATVIEWS = """
 SELECT schemaname AS schema, matviewname AS name, ispopulated AS populated
 FROM pg_matviews WHERE NOT (schemaname = ANY($1::text[])) ORDER BY 1, 2
-"""
-
-SUBSCRIPTIONS = """
-SELECT subname AS name, subenabled AS enabled FROM pg_subscription
-WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY 1
 """
 
 EXTENSIONS = "SELECT extname AS name, extversion AS version FROM pg_extension ORDER BY 1"
@@ -121,24 +123,6 @@ objects AS (
 SELECT type, names FROM objects ORDER BY ord, names
 """
 
-# What the source itself has that a restore test would otherwise blame on the archive: pg_dump
-# reproduces a partitioned index created ON ONLY its parent (invalid until every partition's index
-# is attached) and every NOT VALID constraint, of tables and of domains alike. Excluded schemas are
-# kept: an in-place restore leaves them in the database it checks.
-INVALID_INDEXES = """
-SELECT n.nspname AS schema, t.relname AS table, c.relname AS name
-FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE NOT i.indisvalid OR NOT i.indisready ORDER BY 1, 2, 3"""
-
-NOT_VALID_CONSTRAINTS = """
-SELECT n.nspname AS schema, t.relname AS table, y.typname AS domain, c.conname AS name
-FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
-LEFT JOIN pg_class t ON t.oid = c.conrelid AND c.conrelid <> 0
-LEFT JOIN pg_type y ON y.oid = c.contypid AND c.contypid <> 0
-WHERE NOT c.convalidated ORDER BY 1, 2, 3, 4"""
-
-
 # The database's own properties, which pg_dump writes only with --create and pg_dumpall
 # --globals-only no longer writes: its grants (aclexplode of datacl, NULL when it has the
 # defaults; grantee 0 is PUBLIC), its settings and its roles' settings in it (ALTER DATABASE SET,
@@ -180,6 +164,8 @@ async def catalog_facts(conn: Any, exclude_schemas: list[str]) -> dict[str, Any]
     return {"tables": tables, "materialized_views": matviews,
             "subscriptions": subscriptions, "extensions": extensions,
             "schemas": schemas, "schemaless_objects": schemaless,
+            # What the source itself has that a restore test would otherwise blame on the
+            # archive. Excluded schemas are kept: an in-place restore leaves them in the database.
             "invalid_indexes": [dict(r) for r in await conn.fetch(INVALID_INDEXES)],
             "not_valid_constraints": [dict(r) for r in await conn.fetch(NOT_VALID_CONSTRAINTS)]}
 

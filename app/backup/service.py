@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from app.backup import facts, manifest
 from app.config import Settings, TargetConfig
 from app.errors import StepFailed
-from app.integrations import gpg, pg_clients, pg_tools
+from app.integrations import gpg, pg_clients, pg_tools, zstd
 from app.integrations.process import Pipeline, PipelineError, PipeWriter, Stage
 from app.integrations.storage import Storage, StorageError, Upload
 from app.integrations.streaming import Stored, pipeline_to_storage
@@ -42,7 +42,7 @@ def encrypted_pipeline(first: Stage, settings: Settings) -> Pipeline:
 
 
 def _encrypt_stages(settings: Settings) -> list[Stage]:
-    return [pg_tools.zstd_compress_stage(settings.zstd_level, settings.zstd_threads),
+    return [zstd.compress_stage(settings.zstd_level, settings.zstd_threads),
             gpg.encrypt_stage(settings.gpg_home, settings.gpg_recipients)]
 
 

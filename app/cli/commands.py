@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import click
+from humanize import naturalsize
 from rich.console import Console
 from rich.table import Column, Table
 
 from app.cli.client import DEFAULT_URL, Client, CliError
-from app.cli.follow import TERMINAL, follow, size
+from app.cli.follow import TERMINAL, follow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,7 +76,7 @@ def status(client: Client, as_json: bool) -> None:
         last = t.get("last_backup")
         table.add_row(t["name"], last["backup_id"] if last else "none",
                       _age(last["age_s"]) if last else "-",
-                      size(last["size_bytes"]) if last else "-",
+                      naturalsize(last["size_bytes"]) if last else "-",
                       "ok" if t["rpo_ok"] else f"BREACHED ({t['rpo_hours']:g} h)")
     out.print(table)
 
@@ -117,7 +118,7 @@ def archives(client: Client, target: str, limit: int, as_json: bool) -> None:
         check = a.get("verification")
         verified = "-" if not check else (
             f"{check['level']} {'passed' if check['status'] == 'succeeded' else 'FAILED'}")
-        table.add_row(a["backup_id"], _time(a["created_at"]), size(a["size_bytes"]),
+        table.add_row(a["backup_id"], _time(a["created_at"]), naturalsize(a["size_bytes"]),
                       "yes" if a["complete"] else "NO", verified, a.get("label") or "")
     out.print(table)
 

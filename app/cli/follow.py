@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import httpx
+from humanize import naturalsize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -125,22 +126,14 @@ def _line(job: dict[str, Any], now: float, start: tuple[float, int]) -> str:
     done, total = _bytes(job)
     parts = [f"[{job['status']}] {job['phase']}"]
     if done or total:
-        parts.append(f"{size(done)}" + (f" of ~{size(total)}" if total else ""))
+        parts.append(f"{naturalsize(done)}" + (f" of ~{naturalsize(total)}" if total else ""))
         elapsed = now - start[0]
         rate = (done - start[1]) / elapsed if elapsed > 0.5 else 0.0
         if rate > 0:
-            parts.append(f"{size(rate)}/s")
+            parts.append(f"{naturalsize(rate)}/s")
             if total and total > done and job["status"] == "running":
                 parts.append(f"ETA {_duration((total - done) / rate)}")
     return "  ".join(parts)
-
-
-def size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            break
-        n /= 1000
-    return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def _duration(seconds: float) -> str:

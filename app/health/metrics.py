@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from app.archives import service as archives
 from app.archives.schemas import Archive
 from app.jobs import repository as jobs_repo
+from app.targets.rpo import within_rpo
 
 if TYPE_CHECKING:
     from app.lifespan import Services
@@ -50,7 +51,7 @@ class Facts:
     """Everything one scrape reports, read before the collector runs (it cannot await)."""
 
     targets: list[str]
-    rpo_s: float
+    rpo_hours: float
     now: float
     counts: list[Any] = field(default_factory=list)
     durations: list[Any] = field(default_factory=list)
@@ -62,7 +63,7 @@ class Facts:
 
 async def gather(services: Services) -> Facts:
     names = sorted(services.settings.targets)
-    facts = Facts(targets=names, rpo_s=services.settings.rpo_hours * 3600, now=time.time())
+    facts = Facts(targets=names, rpo_hours=services.settings.rpo_hours, now=time.time())
     async with services.pool.acquire() as conn:
         facts.counts = await jobs_repo.counts(conn)
         facts.durations = await jobs_repo.duration_buckets(conn, DURATION_BUCKETS)
@@ -140,7 +141,7 @@ class FactsCollector(Collector):
                 last_ts.add_metric([name], finished)
                 last_size.add_metric([name], _number(result.get("size_bytes")))
                 last_dur.add_metric([name], _number(result.get("duration_s")))
-                ok = f.now - finished <= f.rpo_s
+                ok = within_rpo(f.now - finished, f.rpo_hours)
             rpo_ok.add_metric([name], 1 if ok else 0)
             job = f.running_backup.get(name)
             running.add_metric([name], 1 if job is not None else 0)

@@ -1,4 +1,4 @@
-"""GnuPG: keyring checks (python-gnupg) and the argument vectors of the streaming stages.
+"""GnuPG: keyring checks (python-gnupg), the streaming stages and what gpg's status output says.
 
 Encryption needs only the recipients' public keys. Recipients are pinned by fingerprint and
 ``--no-auto-key-locate``/``--no-auto-key-retrieve`` stop gpg from asking a key server about an
@@ -15,13 +15,15 @@ the private key has one, is fed through a file descriptor, never argv.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import gnupg
+from pydantic import SecretStr
 
 from app.integrations.process import Stage
 
@@ -35,13 +37,6 @@ class KeyringError(Exception):
     """The keyring is unusable or a recipient key cannot encrypt."""
 
 
-@dataclass(frozen=True)
-class RecipientKey:
-    fingerprint: str
-    uids: list[str]
-    expires: int | None
-
-
 def encrypt_stage(home: Path, recipients: list[str]) -> Stage:
     argv = ["gpg", "--homedir", str(home), *BASE_ARGS, "--compress-algo", "none",
             "--cipher-algo", "AES256", "--encrypt"]
@@ -51,28 +46,51 @@ def encrypt_stage(home: Path, recipients: list[str]) -> Stage:
     return Stage("gpg --encrypt", argv)
 
 
-def decrypt_stage(home: Path, src: Path | None, status_file: Path,
-                  passphrase_fd: int | None) -> Stage:
-    """Decrypt ``src`` (or stdin) to stdout; the status lines go to ``status_file``."""
+@contextlib.contextmanager
+def decrypt_stage(home: Path, status_file: Path, passphrase: SecretStr | None) -> Iterator[Stage]:
+    """Decrypt stdin to stdout; the status lines go to ``status_file``. A passphrase is written
+    into a pipe whose read end gpg inherits (``--passphrase-fd``), never argv or the
+    environment; the pipe is closed when the block ends, so keep the stage's pipeline in it."""
     argv = ["gpg", "--homedir", str(home), *BASE_ARGS, "--status-file", str(status_file)]
-    pass_fds: tuple[int, ...] = ()
-    if passphrase_fd is not None:
-        argv += ["--pinentry-mode", "loopback", "--passphrase-fd", str(passphrase_fd)]
-        pass_fds = (passphrase_fd,)
-    argv += ["--decrypt", "--output", "-"]
-    if src is not None:
-        argv.append(str(src))
-    return Stage("gpg --decrypt", argv, pass_fds=pass_fds)
+    if passphrase is None:
+        yield Stage("gpg --decrypt", [*argv, "--decrypt", "--output", "-"])
+        return
+    read_end, write_end = os.pipe()
+    try:
+        # Shorter than the pipe's buffer: written whole before gpg starts, and never blocks.
+        os.write(write_end, passphrase.get_secret_value().encode() + b"\n")
+        os.close(write_end)
+        write_end = -1
+        argv += ["--pinentry-mode", "loopback", "--passphrase-fd", str(read_end)]
+        yield Stage("gpg --decrypt", [*argv, "--decrypt", "--output", "-"],
+                    pass_fds=(read_end,))
+    finally:
+        os.close(read_end)
+        if write_end != -1:
+            os.close(write_end)
+
+
+def _status_keywords(status_text: str) -> set[str]:
+    """The keywords of gpg's ``[GNUPG:] KEYWORD args`` status lines (doc/DETAILS in GnuPG)."""
+    return {line.split()[1] for line in status_text.splitlines()
+            if line.startswith("[GNUPG:] ") and len(line.split()) > 1}
 
 
 def decryption_succeeded(status_text: str) -> bool:
-    lines = status_text.splitlines()
-    has = {line.split()[1] for line in lines
-           if line.startswith("[GNUPG:] ") and len(line.split()) > 1}
+    has = _status_keywords(status_text)
     return "DECRYPTION_OKAY" in has and not has & {"DECRYPTION_FAILED", "BADMDC", "ERROR"}
 
 
-def _check_recipients_sync(home: Path, recipients: list[str]) -> list[RecipientKey]:
+def lacks_secret_key(status_text: str, error_text: str) -> bool:
+    """Whether a failed decryption failed because this keyring holds no secret key for the
+    message. gpg says NO_SECKEY in its status, or only "No secret key" on stderr (when the
+    keyring lacks the subkey altogether); children run in the C locale, so the words are
+    stable."""
+    has = _status_keywords(status_text)
+    return ("NO_SECKEY" in has or "No secret key" in error_text) and "DECRYPTION_OKAY" not in has
+
+
+def _check_recipients_sync(home: Path, recipients: list[str]) -> list[str]:
     if not home.is_dir():
         raise KeyringError(f"GnuPG home {home} does not exist or is not a directory")
     _check_owner(home)
@@ -106,8 +124,7 @@ def _check_recipients_sync(home: Path, recipients: list[str]) -> list[RecipientK
         )
         if "E" not in caps and "e" not in caps and not usable_sub:
             raise KeyringError(f"recipient key {fpr} has no valid encryption capability")
-        expires = int(key["expires"]) if key.get("expires") else None
-        found.append(RecipientKey(fpr, list(key.get("uids", [])), expires))
+        found.append(fpr)
     return found
 
 
@@ -136,8 +153,9 @@ def _gpg_messages(stderr: str) -> str:
     return "; ".join(dict.fromkeys(lines))[:500] or "gpg failed without a message"
 
 
-async def check_recipients(home: Path, recipients: list[str]) -> list[RecipientKey]:
-    """Every recipient exists, can encrypt and has not expired; :class:`KeyringError` otherwise."""
+async def check_recipients(home: Path, recipients: list[str]) -> list[str]:
+    """Every recipient exists, can encrypt and has not expired (the fingerprints checked);
+    :class:`KeyringError` otherwise."""
     return await asyncio.to_thread(_check_recipients_sync, home, recipients)
 
 

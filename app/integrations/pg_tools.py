@@ -1,4 +1,4 @@
-"""Argument vectors for pg_dump, pg_dumpall, pg_restore, psql and zstd.
+"""Argument vectors for pg_dump, pg_dumpall, pg_restore and psql (zstd: ``app.integrations.zstd``).
 
 Each PostgreSQL stage runs the :class:`~app.integrations.pg_clients.Client` chosen for the server at
 hand (its absolute path), never whatever ``PATH`` finds first.
@@ -57,14 +57,6 @@ def pg_dumpall_globals_stage(client: Client, dsn: PgDsn) -> Stage:
     argv = [client.path, "--globals-only", "--no-role-passwords", "--no-password",
             f"--database={dsn.database}"]
     return Stage("pg_dumpall", argv, env=_env(dsn))
-
-
-def zstd_compress_stage(level: int, threads: int) -> Stage:
-    return Stage("zstd", ["zstd", f"-{level}", f"-T{threads}", "-q", "-c", "-"])
-
-
-def zstd_decompress_stage() -> Stage:
-    return Stage("zstd -d", ["zstd", "-d", "-q", "-c", "-"])
 
 
 def pg_restore_list_stage(client: Client, dump: Path) -> Stage:

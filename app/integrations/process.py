@@ -1,4 +1,4 @@
-"""Pipelines of argument-vector stages, connected by OS pipes.
+"""Pipelines of argument-vector stages, connected by OS pipes, optionally fed from Python.
 
 ``Pipeline([pg_dump, zstd, gpg])`` runs ``pg_dump | zstd | gpg`` with kernel pipes between the
 stages (the data never passes through Python until the last stage's output), and lets the caller
@@ -12,7 +12,9 @@ read that output in chunks. Rules it enforces:
 - every stderr is drained concurrently (a full stderr pipe would hang the child) and its tail kept
   for the error message;
 - :meth:`Pipeline.wait` checks every exit code: when ``pg_dump`` dies mid-stream, ``zstd`` and
-  ``gpg`` see a clean end of input and exit 0, so only the upstream code tells the truth.
+  ``gpg`` see a clean end of input and exit 0, so only the upstream code tells the truth;
+- a ``feed=True`` pipeline's input comes from Python (:meth:`Pipeline.write`, blocking writes on a
+  thread of its own), so no caller builds pipes or descriptors by hand.
 """
 
 from __future__ import annotations
@@ -84,20 +86,30 @@ class Pipeline:
     """``stages[0] | stages[1] | ...``; see the module docstring."""
 
     def __init__(self, stages: Sequence[Stage], *, stdin: int | None = None,
-                 stdout: int | None = None) -> None:
+                 stdout: int | None = None, feed: bool = False) -> None:
         """``stdin``/``stdout``: file descriptors for the ends; ``None`` means /dev/null for
-        stdin and a pipe read through :meth:`read` for stdout."""
+        stdin and a pipe read through :meth:`read` for stdout. ``feed``: the first stage reads
+        a pipe that :meth:`write` fills from Python and :meth:`close_input` ends."""
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
+        if feed and stdin is not None:
+            raise ValueError("a fed pipeline has no stdin descriptor")
         self.stages = list(stages)
         self._stdin = stdin
         self._stdout = stdout
+        self._feed = feed
+        self._writer: PipeWriter | None = None
         self.procs: list[asyncio.subprocess.Process] = []
         self._stderr: list[bytearray] = []
         self._drains: list[asyncio.Task[None]] = []
 
     async def start(self) -> Pipeline:
         fds_to_close: list[int] = []
+        feed_read: int | None = None
+        if self._feed:
+            feed_read, feed_write = os.pipe()
+            self._writer = PipeWriter(feed_write, "feed")
+            self._stdin = feed_read
         try:
             prev_read: int | None = self._stdin
             for i, stage in enumerate(self.stages):
@@ -135,7 +147,24 @@ class Pipeline:
                     os.close(fd)
             await asyncio.shield(self.kill())
             raise
+        finally:
+            if feed_read is not None:  # the first stage holds its own copy now
+                os.close(feed_read)
+                self._stdin = None
         return self
+
+    async def write(self, data: bytes, digest: Any = None) -> None:
+        """Write all of ``data`` to the first stage's stdin (a ``feed`` pipeline), updating
+        ``digest`` with it first; :class:`BrokenPipeError` when that stage stopped reading (its
+        exit code says why)."""
+        assert self._writer is not None, "write() needs a started pipeline with feed=True"
+        await self._writer.write(data, digest)
+
+    async def close_input(self) -> None:
+        """End of input for the first stage of a ``feed`` pipeline. Safe to call twice, and
+        after :meth:`kill` (which closes it too, once the stages are gone)."""
+        if self._writer is not None:
+            await self._writer.close()
 
     async def read(self, n: int) -> bytes:
         """Up to ``n`` bytes of the last stage's output; ``b""`` at the end."""
@@ -193,6 +222,8 @@ class Pipeline:
         for task in self._drains:
             task.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)
+        # The reader is dead: a write still blocked has ended (EPIPE), so joining cannot hang.
+        await self.close_input()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -226,7 +257,8 @@ async def run(stage: Stage, *, stdin: int | None = None, timeout: float | None =
 
 
 class PipeWriter:
-    """Blocking writes into a pipe to a child (its stdin), off the event loop.
+    """Blocking writes into a pipe to a child (its stdin), off the event loop; a ``feed``
+    :class:`Pipeline` writes through one.
 
     All writes run on one thread of its own, and :meth:`close` joins that thread before it closes
     the descriptor, once: a write still looping after a cancel can never go on into whatever file

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -119,13 +118,7 @@ async def get(services: Services, job_id: uuid.UUID) -> Job:
 
 async def list_jobs(services: Services, *, target: str | None, kind: str | None,
                     status: str | None, cursor: str | None, limit: int) -> JobList:
-    after = pagination.decode(cursor, 2)
-    key: tuple[datetime, uuid.UUID] | None = None
-    if after is not None:
-        try:
-            key = (datetime.fromisoformat(after[0]), uuid.UUID(after[1]))
-        except (TypeError, ValueError):
-            raise InvalidRequest("cursor is not one this service issued") from None
+    key = pagination.decode_time_key(cursor, uuid.UUID)
     async with services.pool.acquire() as conn:
         rows = await repo.list_page(conn, target=target, kind=kind, status=status, after=key,
                                     limit=limit + 1)
@@ -139,7 +132,7 @@ async def list_jobs(services: Services, *, target: str | None, kind: str | None,
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]  # the last row read, shown or skipped
-        next_cursor = pagination.encode([last["created_at"].isoformat(), str(last["id"])])
+        next_cursor = pagination.encode_time_key(last["created_at"], str(last["id"]))
     return JobList(items=items, next_cursor=next_cursor, skipped=skipped)
 
 

@@ -31,6 +31,17 @@ _CONSTS = """consts AS (
                 THEN 8 ELSE 4 END::float8 AS ma
 )"""
 
+# What a bloat estimate (its ``est`` rows) reports, alike for tables and indexes. A negative
+# reltuples means never analyzed: no estimate then, only the size.
+_BLOAT_VERDICT = """(bs * pages)::bigint AS size_bytes,
+       CASE WHEN reltuples >= 0
+            THEN (bs * greatest(pages - est_pages, 0))::bigint END AS bloat_bytes,
+       CASE WHEN reltuples >= 0
+            THEN (greatest(pages - est_pages, 0) / pages)::float8 END AS bloat_ratio,
+       fillfactor::int AS fillfactor,
+       NOT is_na AS reliable
+FROM est"""
+
 # -- connections ---------------------------------------------------------------------------------
 
 ACTIVE_CONNECTIONS_SQL = """
@@ -121,14 +132,7 @@ est AS (
 )
 SELECT schema,
        name AS "table",
-       (bs * pages)::bigint AS size_bytes,
-       CASE WHEN reltuples >= 0
-            THEN (bs * greatest(pages - est_pages, 0))::bigint END AS bloat_bytes,
-       CASE WHEN reltuples >= 0
-            THEN (greatest(pages - est_pages, 0) / pages)::float8 END AS bloat_ratio,
-       fillfactor::int AS fillfactor,
-       NOT is_na AS reliable
-FROM est
+       {_BLOAT_VERDICT}
 ORDER BY reliable DESC, bloat_bytes DESC NULLS LAST, size_bytes DESC, schema, "table"
 LIMIT $1
 """
@@ -198,14 +202,7 @@ est AS (
 SELECT schema,
        table_name AS "table",
        index_name AS "index",
-       (bs * pages)::bigint AS size_bytes,
-       CASE WHEN reltuples >= 0
-            THEN (bs * greatest(pages - est_pages, 0))::bigint END AS bloat_bytes,
-       CASE WHEN reltuples >= 0
-            THEN (greatest(pages - est_pages, 0) / pages)::float8 END AS bloat_ratio,
-       fillfactor::int AS fillfactor,
-       NOT is_na AS reliable
-FROM est
+       {_BLOAT_VERDICT}
 ORDER BY reliable DESC, bloat_bytes DESC NULLS LAST, size_bytes DESC, schema, "index"
 LIMIT $1
 """

@@ -1,5 +1,5 @@
-"""Post-restore steps and checks (SPEC 2.3's runbook checklist). All SQL here, run on the restored
-database; identifiers are quoted by the server (``format('%I')``)."""
+"""Post-restore steps and checks (SPEC 2.3's runbook checklist), run on the restored database; the
+catalog SQL a backup records too lives in :mod:`app.integrations.target_catalog`."""
 
 from __future__ import annotations
 
@@ -9,26 +9,17 @@ import asyncpg
 
 from app.errors import StepFailed
 from app.integrations import pg_errors
+from app.integrations.target_catalog import (
+    INVALID_INDEXES,
+    NOT_VALID_CONSTRAINTS,
+    SUBSCRIPTIONS,
+    row_count_statement,
+)
 
-INVALID_INDEXES = """
-SELECT n.nspname AS schema, c.relname AS name, t.relname AS table
-FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE NOT i.indisvalid OR NOT i.indisready ORDER BY 1, 2"""
-
-# Table constraints and domain constraints (contypid) alike: both can be NOT VALID.
-UNVALIDATED_CONSTRAINTS = """
-SELECT n.nspname AS schema, c.conname AS name, t.relname AS table, y.typname AS domain
-FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
-LEFT JOIN pg_class t ON t.oid = c.conrelid AND c.conrelid <> 0
-LEFT JOIN pg_type y ON y.oid = c.contypid AND c.contypid <> 0
-WHERE NOT c.convalidated ORDER BY 1, 2"""
+COUNT_STATEMENT = "SELECT " + row_count_statement("$1::text", "$2::text")
 
 INDEX_KEY = ("schema", "table", "name")
 CONSTRAINT_KEY = ("schema", "table", "domain", "name")
-
-SUBSCRIPTIONS = """SELECT subname AS name, subenabled AS enabled FROM pg_subscription
-WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"""
 
 
 async def compare_rows(conn: Any, tables: list[dict[str, Any]]) -> dict[str, Any]:
@@ -38,8 +29,7 @@ async def compare_rows(conn: Any, tables: list[dict[str, Any]]) -> dict[str, Any
     for table in tables:
         if table.get("rows") is None:
             continue
-        sql = await conn.fetchval("SELECT format('SELECT count(*) FROM ONLY %I.%I', $1::text, "
-                                  "$2::text)", table["schema"], table["name"])
+        sql = await conn.fetchval(COUNT_STATEMENT, table["schema"], table["name"])
         error: str | None = None
         try:
             rows = await conn.fetchval(sql)
@@ -60,7 +50,7 @@ async def invalid_indexes(conn: Any) -> list[dict[str, Any]]:
 
 
 async def unvalidated_constraints(conn: Any) -> list[dict[str, Any]]:
-    return [dict(r) for r in await conn.fetch(UNVALIDATED_CONSTRAINTS)]
+    return [dict(r) for r in await conn.fetch(NOT_VALID_CONSTRAINTS)]
 
 
 def against_source(found: list[dict[str, Any]], recorded: list[dict[str, Any]] | None,

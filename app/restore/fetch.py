@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from app.backup import manifest as mf
 from app.errors import StepFailed
-from app.integrations import gpg, pg_tools
-from app.integrations.process import Pipeline, PipelineError, PipeWriter
+from app.integrations import gpg, zstd
+from app.integrations.process import Pipeline, PipelineError
 from app.integrations.storage import StorageError
 
 if TYPE_CHECKING:
@@ -98,12 +98,12 @@ def sweep_orphans(base: Path | None) -> list[Path]:
     return removed
 
 
-async def _feed(ctx: JobContext, key: str, feed: PipeWriter, digest: hashlib._Hash,
+async def _feed(ctx: JobContext, key: str, pipeline: Pipeline, digest: hashlib._Hash,
                 on_bytes: Callable[[int], None]) -> int:
     """Stream an object into gpg's stdin, hashing it; returns its size."""
     size = 0
     async for chunk in ctx.services.storage.iter_chunks(key, 4 << 20):
-        await feed.write(chunk, digest)
+        await pipeline.write(chunk, digest)
         size += len(chunk)
         on_bytes(size)
     return size
@@ -117,45 +117,34 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
     name = entry["key"]
     digest = hashlib.sha256()
     out = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # first: may fail alone
-    feed_r, feed_w = os.pipe()
-    feed = PipeWriter(feed_w, "fetch")
-    pass_r: int | None = None
     pipeline_error: PipelineError | None = None
     size = 0
     fed_all = False
     try:
-        if settings.gpg_passphrase is not None:
-            pass_r, pass_w = os.pipe()
-            os.write(pass_w, settings.gpg_passphrase.get_secret_value().encode() + b"\n")
-            os.close(pass_w)
-        pipeline = Pipeline([gpg.decrypt_stage(settings.gpg_home, None, status, pass_r),
-                             pg_tools.zstd_decompress_stage()], stdin=feed_r, stdout=out)
-        try:
-            await pipeline.start()
-        finally:
-            os.close(feed_r)
-        try:
+        with gpg.decrypt_stage(settings.gpg_home, status, settings.gpg_passphrase) as decrypt:
+            pipeline = Pipeline([decrypt, zstd.decompress_stage()], stdout=out, feed=True)
             try:
-                size = await _feed(ctx, key, feed, digest, on_bytes)
-                await feed.close()  # end of input for gpg
-                fed_all = True
-            except BrokenPipeError:
-                pass  # gpg stopped reading: its exit code says why
-            await pipeline.wait()
-        except PipelineError as exc:
-            pipeline_error = exc
-        except BaseException:
-            await asyncio.shield(pipeline.kill())
-            raise
+                await pipeline.start()
+                try:
+                    size = await _feed(ctx, key, pipeline, digest, on_bytes)
+                    await pipeline.close_input()  # end of input for gpg
+                    fed_all = True
+                except BrokenPipeError:
+                    pass  # gpg stopped reading: its exit code says why
+                await pipeline.wait()
+            except PipelineError as exc:
+                pipeline_error = exc
+            except BaseException:
+                await asyncio.shield(pipeline.kill())
+                raise
+            finally:
+                await pipeline.close_input()  # gpg is gone or done: a write still going ends
     except KeyError:
         raise StepFailed("checksum", f"object {name} is missing from storage") from None
     except StorageError as exc:
         raise StepFailed("download", str(exc)) from None
     finally:
-        await feed.close()  # gpg is gone or done by now: a write still going ends (EPIPE)
         os.close(out)
-        if pass_r is not None:
-            os.close(pass_r)
     if fed_all:  # the whole object went through: its hash decides first
         if size != int(entry["size_bytes"]):
             raise StepFailed("checksum", f"object {name} is {size} bytes, the manifest says "
@@ -182,10 +171,7 @@ async def _unpack_failure(status: Path, error: PipelineError) -> StepFailed:
         status_text = await asyncio.to_thread(status.read_text)
     except OSError:
         status_text = ""
-    # gpg says NO_SECKEY in its status, or only "No secret key" on stderr (when the keyring
-    # lacks the subkey altogether); children run in the C locale, so the words are stable.
-    no_key = "NO_SECKEY" in status_text or "No secret key" in str(error)
-    if no_key and "DECRYPTION_OKAY" not in status_text:
+    if gpg.lacks_secret_key(status_text, str(error)):
         return StepFailed("keys", "this replica's keyring holds no secret key for the archive's "
                                   f"recipients (PGVAULT_GPG_HOME): {error}")
     if "No space left on device" in str(error):

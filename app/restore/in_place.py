@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import secrets
 from pathlib import Path
@@ -44,7 +43,7 @@ from app.config import PgDsn
 from app.errors import StepFailed
 from app.integrations import pg_tools
 from app.integrations.pg_clients import RestoreTools
-from app.integrations.process import Pipeline, PipelineError, PipeWriter, run
+from app.integrations.process import Pipeline, PipelineError, run
 from app.integrations.target_db import connect_target
 from app.restore import old_archives
 
@@ -227,10 +226,8 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
 async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: RestoreTools,
                                   fitter: pg_tools.ScriptHeadFitter | None) -> None:
     restore = Pipeline([pg_tools.pg_restore_script_stage(tools.use(tools.pg_restore), dump)])
-    feed_r, feed_w = os.pipe()
     psql = Pipeline([pg_tools.psql_stage(tools.use(tools.psql), dsn, dsn.database, None)],
-                    stdin=feed_r)
-    feed = PipeWriter(feed_w, "in-place")
+                    feed=True)
     # psql echoes this once it has run everything before the COMMIT: until then a cancel rolls
     # it all back (psql killed, its backend cancelled by the runner); from then on only the
     # COMMIT's own outcome counts.
@@ -238,14 +235,11 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
     ready = asyncio.Event()
     output: asyncio.Task[None] | None = None
     try:
-        try:
-            await psql.start()
-        finally:
-            os.close(feed_r)
+        await psql.start()
         output = asyncio.create_task(_drain_output(psql, marker, ready))
         await restore.start()
         try:
-            await feed.write(head.encode())
+            await psql.write(head.encode())
             # The script's own last statement is its COMMIT; hold it back until pg_restore has
             # exited 0 (its "BEGIN;" inside ours is only a warning).
             tail = b""
@@ -253,12 +247,12 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
                 data = tail + (fitter.feed(chunk) if fitter is not None else chunk)
                 keep = max(0, len(data) - SCRIPT_TAIL)
                 if keep:
-                    await feed.write(data[:keep])
+                    await psql.write(data[:keep])
                 tail = data[keep:]
             await restore.wait()
             if fitter is not None:
                 tail += fitter.finish()
-            await feed.write(_without_commit(tail) + b"\\echo " + marker + b"\n")
+            await psql.write(_without_commit(tail) + b"\\echo " + marker + b"\n")
         except BrokenPipeError:
             pass  # psql stopped on an error: its exit code says which
         except PipelineError as exc:
@@ -271,7 +265,7 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
         finally:
             waiter.cancel()
         if not ready.is_set():  # psql ended before it ran everything: an error
-            await feed.close()
+            await psql.close_input()
             try:
                 await psql.wait()
             except PipelineError as exc:
@@ -281,25 +275,25 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
         await asyncio.shield(_kill_all(psql, restore))
         if output is not None:
             output.cancel()
-        await feed.close()
+        await psql.close_input()
         raise
-    await _commit(psql, feed, output)
+    await _commit(psql, output)
 
 
 # How long a cancel that lands during the COMMIT waits for its outcome before giving up on it.
 COMMIT_SETTLE_S = 60.0
 
 
-async def _commit(psql: Pipeline, feed: PipeWriter, output: asyncio.Task[None]) -> None:
+async def _commit(psql: Pipeline, output: asyncio.Task[None]) -> None:
     """Send the COMMIT and report its true outcome. Once sent, killing psql could not undo it
     (the server may have it already): a cancel meanwhile waits for psql to say how it ended,
     and is swallowed when the restore committed (the job then succeeds: it did)."""
     async def send_and_wait() -> None:
         try:
-            await feed.write(b"COMMIT;\n")
+            await psql.write(b"COMMIT;\n")
         except BrokenPipeError:
             pass  # psql is gone: its exit code says why
-        await feed.close()
+        await psql.close_input()
         await psql.wait()
         await output
 
@@ -322,7 +316,7 @@ async def _commit(psql: Pipeline, feed: PipeWriter, output: asyncio.Task[None]) 
         raise StepFailed("restore in place (rolled back)", str(exc)) from None
     finally:
         output.cancel()
-        await feed.close()
+        await psql.close_input()
 
 
 async def _drain_output(psql: Pipeline, marker: bytes, ready: asyncio.Event) -> None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Body, Response
 
 from app.backup.router import IdempotencyKey
 from app.dependencies import Admin, BackupId, Operator, ServicesDep, TargetName, known_target
-from app.errors import problem_response
+from app.errors import STORAGE_ERRORS, problem_response
 from app.jobs.schemas import Job
 from app.restore import requests
 from app.restore.schemas import RESTORE_EXAMPLES, VERIFY_EXAMPLES, RestoreRequest, VerifyRequest
@@ -16,7 +16,8 @@ router = APIRouter(prefix="/v1/targets", tags=["restores"])
 
 @router.post("/{target}/restores", response_model=Job, status_code=202,
              responses={409: problem_response(
-                 "the archive is unreadable, or the database already exists")})
+                 "the archive is unreadable, or the database already exists"),
+                 **STORAGE_ERRORS})
 async def start_restore(target: TargetName,
                         body: Annotated[RestoreRequest, Body(openapi_examples=RESTORE_EXAMPLES)],
                         services: ServicesDep,
@@ -30,7 +31,8 @@ async def start_restore(target: TargetName,
 
 
 @router.post("/{target}/archives/{backup_id}/verify", response_model=Job, status_code=202,
-             responses={409: problem_response("the archive is unreadable")})
+             responses={409: problem_response("the archive is unreadable"),
+                        **STORAGE_ERRORS})
 async def start_verify(target: TargetName, backup_id: BackupId, services: ServicesDep,
                        caller: Operator, response: Response,
                        body: Annotated[VerifyRequest | None,

@@ -25,6 +25,7 @@ from app.jobs import repository as jobs_repo
 from app.jobs import service as jobs
 from app.schedules import repository as repo
 from app.security import Principal
+from app.targets.rpo import within_rpo
 
 if TYPE_CHECKING:
     from app.lifespan import Services
@@ -127,17 +128,16 @@ class Scheduler:
         async with self.services.pool.acquire() as conn:
             last = {r["target"]: r for r in await jobs_repo.last_succeeded(conn, "backup", names)}
         breached = []
-        limit = self.settings.rpo_hours * 3600
         for name in names:
             row = last.get(name)
             finished = row["finished_at"] if row else None
-            if finished is not None and (now - finished).total_seconds() <= limit:
+            age = None if finished is None else (now - finished).total_seconds()
+            if within_rpo(age, self.settings.rpo_hours):
                 continue
             async with self.services.pool.acquire() as conn:
                 if not await repo.claim(conn, name, "rpo_breach", finished or EPOCH, "alerted"):
                     continue
             breached.append(name)
-            age = None if finished is None else (now - finished).total_seconds()
             summary = (f"RPO breached for {name}: "
                        + ("no successful backup yet" if age is None else
                           f"last good backup {age / 3600:.1f} h ago")

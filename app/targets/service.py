@@ -10,6 +10,7 @@ from croniter import croniter
 from pydantic import ValidationError
 
 from app.jobs import repository as jobs_repo
+from app.targets.rpo import within_rpo
 from app.targets.schemas import LastBackup, Schedule, TargetList, TargetStatus
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def _status(services: Services, name: str, last: Any, now: datetime) -> TargetSt
             # A damaged job record must not take every target's status down. Read as "no
             # known good backup": the RPO shows as broken and a human looks, the safe side.
             log.warning("backup_record_unreadable", target=name, job_id=str(last["id"]))
-    rpo_ok = last_backup is not None and last_backup.age_s <= services.settings.rpo_hours * 3600
+    rpo_ok = within_rpo(last_backup.age_s if last_backup else None, services.settings.rpo_hours)
     schedules = {}
     for kind, expr in cfg.effective_schedules().items():
         next_run = croniter(expr, now).get_next(datetime) if expr else None

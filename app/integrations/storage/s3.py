@@ -58,6 +58,15 @@ def _describe(exc: Exception, what: str) -> StorageError:
     return StorageError(f"S3 {what} failed: {words}")
 
 
+def _read_failure(exc: Exception, key: str) -> Exception:
+    """:class:`KeyError` for an object that does not exist (the storage interface's "absent"),
+    else the failure in words."""
+    if isinstance(exc, ClientError) \
+            and exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        return KeyError(key)
+    return _describe(exc, f"read of {key}")
+
+
 def _plain(key: str) -> bool:
     try:
         key_parts(key)
@@ -183,12 +192,8 @@ class S3Storage:
             async with resp["Body"] as body:
                 data: bytes = await body.read()
                 return data
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise KeyError(key) from None
-            raise _describe(exc, f"read of {key}") from None
-        except BotoCoreError as exc:
-            raise _describe(exc, f"read of {key}") from None
+        except (BotoCoreError, ClientError) as exc:
+            raise _read_failure(exc, key) from None
 
     async def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         try:
@@ -199,12 +204,8 @@ class S3Storage:
                     yield chunk
             finally:
                 body.close()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise KeyError(key) from None
-            raise _describe(exc, f"read of {key}") from None
-        except BotoCoreError as exc:
-            raise _describe(exc, f"read of {key}") from None
+        except (BotoCoreError, ClientError) as exc:
+            raise _read_failure(exc, key) from None
 
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
