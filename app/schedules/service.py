@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -23,11 +23,9 @@ from app.audit import repository as audit_repo
 from app.errors import Conflict, PgVaultError
 from app.jobs import repository as jobs_repo
 from app.jobs import service as jobs
+from app.resources import Resources
 from app.schedules import repository as repo
 from app.security import Principal
-
-if TYPE_CHECKING:
-    from app.lifespan import Services
 
 log = structlog.get_logger("pgvault.scheduler")
 
@@ -37,7 +35,7 @@ AUDIT_PURGE_EVERY_S = 3600.0
 
 
 class Scheduler:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Resources) -> None:
         self.services = services
         self.settings = services.settings
         self._task: asyncio.Task[None] | None = None
