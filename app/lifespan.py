@@ -24,9 +24,11 @@ from app.config import ConfigError, Settings
 from app.integrations import gpg, pg_clients
 from app.integrations.storage import open_storage
 from app.integrations.webhooks import Notifier
+from app.jobs.registry import CLEANUPS, HANDLERS
 from app.jobs.runner import JobRunner
 from app.monitoring.service import MonitoringPools
 from app.resources import Resources
+from app.restore.fetch import sweep_orphans
 from app.schedules.service import Scheduler
 from app.security import redact
 
@@ -91,14 +93,10 @@ def preflight(settings: Settings) -> None:
 
 
 async def start_services(settings: Settings) -> Services:
-    from app.handlers import CLEANUPS, HANDLERS
-
     clients = await check_tools(settings)
     await check_keyring(settings)
     pool = await db.create_pool(settings)
     storage = await open_storage(settings)
-    from app.restore.fetch import sweep_orphans
-
     for path in await asyncio.to_thread(sweep_orphans, settings.work_dir):
         log.warning("scratch_swept", path=str(path))
     notifier = Notifier(settings.webhooks, attempts=settings.webhook_max_attempts,

@@ -1,4 +1,7 @@
-"""Which command runs each kind of job, and what undoes a dead worker's leftovers."""
+"""The job registry: which command runs each kind of job, and what undoes a dead worker's leftovers.
+
+It sits above the commands it names and beside the runner that reads it (both built by
+:mod:`app.lifespan`); no command imports it."""
 
 from __future__ import annotations
 
