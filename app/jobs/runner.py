@@ -16,7 +16,6 @@ What a command put in ``ctx.result`` is kept in the result of a job that did not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import socket
@@ -34,6 +33,7 @@ from app.jobs import repository as repo
 from app.jobs import summaries
 from app.jobs.context import Cleanup, Handler, JobContext
 from app.jobs.schemas import Job
+from app.loops import LoopService
 from app.resources import Resources
 from app.security import redact
 
@@ -52,21 +52,28 @@ class JobRunner:
         self.cleanups = cleanups
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.running: dict[UUID, tuple[asyncio.Task[None], JobContext]] = {}
-        self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._wake = asyncio.Event()
+        self._last_renew = 0.0
+        settings = self.settings
+        self._claimer = LoopService("jobs-claim", self._claim_once,
+                                    interval_s=settings.poll_interval_s, log=log,
+                                    failed_event="jobs_claim_failed")
+        self._heartbeat = LoopService(
+            "jobs-heartbeat", self._heartbeat_once,
+            interval_s=min(settings.progress_interval_s, settings.lease_seconds / 3), log=log,
+            failed_event="jobs_heartbeat_failed", wait_first=True)
+        self._reaper = LoopService("jobs-reaper", self.reap,
+                                   interval_s=max(1.0, settings.lease_seconds / 2), log=log,
+                                   failed_event="jobs_reap_failed")
         services.runner.attach(self)
 
     def start(self) -> None:
-        self._loops = [
-            asyncio.create_task(self._claim_loop(), name="jobs-claim"),
-            asyncio.create_task(self._heartbeat_loop(), name="jobs-heartbeat"),
-            asyncio.create_task(self._reaper_loop(), name="jobs-reaper"),
-        ]
+        for loop in (self._claimer, self._heartbeat, self._reaper):
+            loop.start()
 
     def wake(self) -> None:
         """A job was just queued here: look for it now rather than at the next poll."""
-        self._wake.set()
+        self._claimer.wake()
 
     def runs(self, job_id: UUID) -> bool:
         return job_id in self.running
@@ -85,44 +92,30 @@ class JobRunner:
             if pending:
                 await asyncio.wait(pending)
         # The heartbeat and claim loops go last: running jobs needed their leases renewed.
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*(loop.stop() for loop in
+                               (self._claimer, self._heartbeat, self._reaper)))
 
     # -- loops -----------------------------------------------------------------------------
 
-    async def _claim_loop(self) -> None:
-        while not self._stopping:
-            claimed = False
-            try:
-                if len(self.running) < self.settings.worker_concurrency:
-                    async with self.services.pool.acquire() as conn:
-                        row = await repo.claim_next(conn, owner=self.owner,
-                                                    lease_s=self.settings.lease_seconds,
-                                                    targets=list(self.settings.targets))
-                    if row is not None and not self._stopping:
-                        self._launch(row)
-                        claimed = True
-            except Exception as exc:  # the metadata database may be briefly unreachable
-                log.warning("jobs_claim_failed", error_type=type(exc).__name__)
-            if not claimed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
-                self._wake.clear()
+    async def _claim_once(self) -> bool:
+        """Claim one job if there is room; whether one was claimed (then look again at once)."""
+        if self._stopping or len(self.running) >= self.settings.worker_concurrency:
+            return False
+        async with self.services.pool.acquire() as conn:
+            row = await repo.claim_next(conn, owner=self.owner,
+                                        lease_s=self.settings.lease_seconds,
+                                        targets=list(self.settings.targets))
+        if row is None or self._stopping:
+            return False
+        self._launch(row)
+        return True
 
-    async def _heartbeat_loop(self) -> None:
-        interval = min(self.settings.progress_interval_s, self.settings.lease_seconds / 3)
-        last_renew = 0.0
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                for _, ctx in list(self.running.values()):
-                    await ctx.flush_progress()
-                if time.monotonic() - last_renew >= self.settings.lease_seconds / 3:
-                    last_renew = time.monotonic()
-                    await self._renew()
-            except Exception as exc:
-                log.warning("jobs_heartbeat_failed", error_type=type(exc).__name__)
+    async def _heartbeat_once(self) -> None:
+        for _, ctx in list(self.running.values()):
+            await ctx.flush_progress()
+        if time.monotonic() - self._last_renew >= self.settings.lease_seconds / 3:
+            self._last_renew = time.monotonic()
+            await self._renew()
 
     async def _renew(self) -> None:
         if not self.running:
@@ -154,14 +147,6 @@ class JobRunner:
     async def check_cancel_now(self) -> None:
         """Renew leases and act on cancel flags at once (used by the cancel endpoint)."""
         await self._renew()
-
-    async def _reaper_loop(self) -> None:
-        while True:
-            try:
-                await self.reap()
-            except Exception as exc:
-                log.warning("jobs_reap_failed", error_type=type(exc).__name__)
-            await asyncio.sleep(max(1.0, self.settings.lease_seconds / 2))
 
     async def reap(self) -> int:
         async with self.services.pool.acquire() as conn:
