@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
+from cachetools import LRUCache
+
 from app.config import Settings
 from app.integrations.pg_clients import PgClients
 from app.integrations.storage import Storage
@@ -49,6 +51,34 @@ class RunnerLink:
             await self._runner.check_cancel_now()
 
 
+class ManifestCache:
+    """Manifests read from storage, by key, in this process: its one owner.
+
+    A manifest never changes once written, so a cached one is right for as long as its archive
+    exists; code that must not act on an archive another replica deleted reads storage instead
+    (``load_manifest(..., fresh=True)``) and code that deletes archives forgets them here. Bounded
+    (least recently used first out): a long-lived service sees every archive of every target.
+    """
+
+    MAX_ENTRIES = 5000
+
+    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+        self._docs: LRUCache[str, dict[str, Any]] = LRUCache(maxsize=max_entries)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._docs.get(key)
+
+    def put(self, key: str, doc: dict[str, Any]) -> None:
+        self._docs[key] = doc
+
+    def forget(self, key: str) -> None:
+        self._docs.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget every manifest (another replica may have deleted archives)."""
+        self._docs.clear()
+
+
 @dataclass
 class Resources:
     settings: Settings
@@ -58,5 +88,4 @@ class Resources:
     clients: PgClients
     notifier: Notifier
     runner: RunnerLink = field(default_factory=RunnerLink)
-    # Manifests never change once written: cache them by key.
-    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    manifests: ManifestCache = field(default_factory=ManifestCache)

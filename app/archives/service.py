@@ -28,8 +28,6 @@ from app.security import Principal
 
 log = structlog.get_logger("pgvault.archives")
 
-MANIFEST_CACHE_MAX = 5000
-
 
 class ArchiveUnreadable(Conflict):
     """The archive's manifest cannot be trusted: never restored, never counted as good."""
@@ -102,9 +100,7 @@ async def load_manifest(services: Resources, target: str, backup_id: str, *,
     except StorageError as exc:
         raise StepFailed("read manifest", str(exc)) from None
     doc = _check_manifest(raw, target, backup_id)
-    if len(services.manifests) >= MANIFEST_CACHE_MAX:
-        services.manifests.clear()
-    services.manifests[key] = doc
+    services.manifests.put(key, doc)
     return doc
 
 
@@ -305,7 +301,7 @@ async def remove_archive(services: Resources, target: str, backup_id: str) -> No
     try:
         objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
         await services.storage.delete([key])
-        services.manifests.pop(key, None)
+        services.manifests.forget(key)
         await services.storage.delete([o.key for o in objects if o.key != key])
     except StorageError as exc:
         raise StepFailed("delete archive", f"archive {backup_id}: {exc}") from None

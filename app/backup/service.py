@@ -140,7 +140,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
             raise StepFailed("manifest", str(exc)) from None
         raise
     await ctx.note_cleanup("archive_prefix", None)
-    services.manifests[manifest.manifest_key(ctx.target, backup_id)] = doc
+    services.manifests.put(manifest.manifest_key(ctx.target, backup_id), doc)
 
     size = manifest.size_bytes(doc)
     duration = time.monotonic() - started
