@@ -1,4 +1,4 @@
-"""Annotated aliases for what handlers need: the services, the caller with a role, validated ids."""
+"""Annotated aliases for what handlers need: the resources, the caller with a role, valid ids."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import BACKUP_ID_RE, TARGET_NAME_RE, Role
 from app.errors import NotFound
-from app.lifespan import Services
+from app.resources import Resources
 from app.security import Principal, authenticate, authorize
 
 bearer = HTTPBearer(auto_error=False, description="an API token: Authorization: Bearer <token>")
 
 
-def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+def get_services(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+# The name predates Resources; kept so that every route's signature stays as it is.
+ServicesDep = Annotated[Resources, Depends(get_services)]
 
 
 def _caller(role: Role):  # type: ignore[no-untyped-def]
@@ -55,7 +56,7 @@ BackupId = Annotated[str, Path(pattern=BACKUP_ID_RE.pattern, max_length=23,
                                description="an archive's id, e.g. 20261124T151600Z-k3x9a2")]
 
 
-def known_target(services: Services, target: str) -> str:
+def known_target(services: Resources, target: str) -> str:
     if target not in services.settings.targets:
         raise NotFound(f"no target named {target!r}")
     return target

@@ -1,4 +1,5 @@
-"""What the app holds while it runs: created on start, closed on stop.
+"""What the app holds while it runs: the resources (:mod:`app.resources`), and the job runner and
+the scheduler built on them. Created on start, closed on stop.
 
 Start-up checks, each a readable failure: the metadata database answers, the storage is usable,
 ``gpg``/``zstd`` and some version of each PostgreSQL client program are installed (which versions:
@@ -13,8 +14,7 @@ import concurrent.futures
 import contextlib
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
 from fastapi import FastAPI
@@ -22,10 +22,13 @@ from fastapi import FastAPI
 from app import db
 from app.config import ConfigError, Settings
 from app.integrations import gpg, pg_clients
-from app.integrations.storage import Storage, open_storage
+from app.integrations.storage import open_storage
 from app.integrations.webhooks import Notifier
+from app.jobs.registry import CLEANUPS, HANDLERS
 from app.jobs.runner import JobRunner
 from app.monitoring.service import MonitoringPools
+from app.resources import Resources
+from app.restore.fetch import sweep_orphans
 from app.schedules.service import Scheduler
 from app.security import redact
 
@@ -34,18 +37,13 @@ log = structlog.get_logger("pgvault")
 REQUIRED_TOOLS = ["gpg", "zstd"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
-    settings: Settings
-    pool: Any
-    storage: Storage
-    monitoring: MonitoringPools
-    clients: pg_clients.PgClients
-    notifier: Notifier
-    runner: JobRunner = field(init=False)
-    scheduler: Scheduler = field(init=False)
-    # Manifests never change once written: cache them by key.
-    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The app shell's handles: the resources, and the runner and scheduler built on them."""
+
+    resources: Resources
+    runner: JobRunner
+    scheduler: Scheduler
 
 
 async def check_tools(settings: Settings) -> pg_clients.PgClients:
@@ -95,34 +93,31 @@ def preflight(settings: Settings) -> None:
 
 
 async def start_services(settings: Settings) -> Services:
-    from app.handlers import CLEANUPS, HANDLERS
-
     clients = await check_tools(settings)
     await check_keyring(settings)
     pool = await db.create_pool(settings)
     storage = await open_storage(settings)
-    from app.restore.fetch import sweep_orphans
-
     for path in await asyncio.to_thread(sweep_orphans, settings.work_dir):
         log.warning("scratch_swept", path=str(path))
     notifier = Notifier(settings.webhooks, attempts=settings.webhook_max_attempts,
                         backoff_s=settings.webhook_backoff_s)
-    services = Services(settings=settings, pool=pool, storage=storage,
-                        monitoring=MonitoringPools(settings), clients=clients, notifier=notifier)
-    services.runner = JobRunner(services, HANDLERS, CLEANUPS)
-    services.scheduler = Scheduler(services)
-    return services
+    resources = Resources(settings=settings, pool=pool, storage=storage,
+                          monitoring=MonitoringPools(settings), clients=clients,
+                          notifier=notifier)
+    return Services(resources=resources, runner=JobRunner(resources, HANDLERS, CLEANUPS),
+                    scheduler=Scheduler(resources))
 
 
 async def stop_services(services: Services) -> None:
     await services.scheduler.stop()
     await services.runner.stop()
-    await services.notifier.close()
+    resources = services.resources
+    await resources.notifier.close()
     with contextlib.suppress(Exception):
-        await services.monitoring.close()
+        await resources.monitoring.close()
     with contextlib.suppress(Exception):
-        await services.storage.close()
-    await services.pool.close()
+        await resources.storage.close()
+    await resources.pool.close()
 
 
 @contextlib.asynccontextmanager
@@ -134,6 +129,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("startup_failed", reason=str(exc))
         raise
     app.state.services = services
+    app.state.resources = services.resources
     services.runner.start()
     if settings.scheduler_enabled:
         services.scheduler.start()

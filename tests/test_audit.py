@@ -83,7 +83,7 @@ async def test_a_failed_audit_write_does_not_change_the_answer(
         make_settings: Any, audit_db: str, capfd: pytest.CaptureFixture[str]) -> None:
     async with running_app(make_settings(database_url=dsn(audit_db),
                                          worker_concurrency=0)) as c:
-        services = c.app.state.services  # type: ignore[attr-defined]
+        services = c.app.state.resources  # type: ignore[attr-defined]
         closed = await asyncpg.create_pool(dsn=dsn(audit_db), min_size=0)
         await closed.close()
         pool, services.pool = services.pool, closed

@@ -92,7 +92,7 @@ async def test_webhook_urls_never_reach_the_log(make_settings: Any,
     try:
         async with running_app(make_settings(
                 webhooks=[{"url": f"{receiver.url}/services/T0000/{secret}"}])) as c:
-            services = c.app.state.services  # type: ignore[attr-defined]
+            services = c.app.state.resources  # type: ignore[attr-defined]
             services.notifier.emit("job.succeeded", {"target": "pagila", "summary": "done"})
             await services.notifier.close()
     finally:

@@ -103,7 +103,7 @@ async def test_concurrent_identical_calls_share_one_query(make_settings: Any,
                                                           pagila_db: str) -> None:
     settings = make_settings(targets={"pagila": {"dsn": dsn(pagila_db)}})
     async with running_app(settings) as c:
-        pools = c.app.state.services.monitoring  # type: ignore[attr-defined]
+        pools = c.app.state.resources.monitoring  # type: ignore[attr-defined]
         calls = {"n": 0}
         run = pools.run
 

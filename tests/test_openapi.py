@@ -181,7 +181,7 @@ async def test_monitoring_answers_its_typed_model(client: Any) -> None:
     from app.monitoring.service import get_view
     from tests.conftest import auth
 
-    services = client.app.state.services
+    services = client.app.state.resources
     for view, model in MODELS.items():
         resp = await client.get(f"/v1/targets/pagila/monitoring/{view}", headers=auth("viewer"))
         assert resp.status_code == 200, resp.text

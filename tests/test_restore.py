@@ -239,7 +239,7 @@ async def test_corrupt_plaintext_behind_a_matching_hash_is_still_refused(
             if obj["kind"] == "database":
                 obj["sha256"] = hashlib.sha256(data).hexdigest()
         s3.put_object(Bucket=bucket, Key=mkey, Body=json.dumps(manifest).encode())
-        c.app.state.services.manifests.clear()  # type: ignore[attr-defined]
+        c.app.state.resources.manifests.clear()  # type: ignore[attr-defined]
         new_db = f"{PREFIX}_from_mdc"
         failed = await restore(c, "inplace", {"backup_id": backup_id, "database": new_db})
     assert failed["status"] == "failed"

@@ -118,7 +118,7 @@ async def test_webhooks_deliver_with_retry_and_rpo_alerts_once(
         now = datetime.now(UTC)
         assert await services.scheduler.check_rpo(now) == ["gone"]
         assert await services.scheduler.check_rpo(now + timedelta(minutes=5)) == []
-        await services.notifier.close()
+        await services.resources.notifier.close()
     generic = [b for p, b in receiver.received if p == "/generic"]
     slack = [b for p, b in receiver.received if p == "/slack"]
     events = {(b["event"], b["target"]) for b in generic}

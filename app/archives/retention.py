@@ -12,14 +12,12 @@ and changes nothing.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.archives.schemas import Archive
 from app.archives.service import catalogue, deletions_locked, is_good, remove_archive
 from app.jobs import repository as jobs_repo
-
-if TYPE_CHECKING:
-    from app.jobs.runner import JobContext
+from app.jobs.context import JobContext
 
 
 def plan(archives: list[Archive], *, now: datetime, retention_days: int, min_backups: int,

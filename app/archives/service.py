@@ -8,7 +8,7 @@ import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -23,15 +23,10 @@ from app.errors import Conflict, NotFound, StepFailed, StorageUnavailable
 from app.integrations.storage import ObjectInfo, StorageError, StorageRefused
 from app.integrations.storage.base import key_parts
 from app.jobs import repository as jobs_repo
+from app.resources import Resources
 from app.security import Principal
 
-if TYPE_CHECKING:
-    from app.lifespan import Services
-
-
 log = structlog.get_logger("pgvault.archives")
-
-MANIFEST_CACHE_MAX = 5000
 
 
 class ArchiveUnreadable(Conflict):
@@ -92,7 +87,7 @@ def _check_manifest(raw: bytes, target: str, backup_id: str) -> dict[str, Any]:
     return doc
 
 
-async def load_manifest(services: Services, target: str, backup_id: str, *,
+async def load_manifest(services: Resources, target: str, backup_id: str, *,
                         fresh: bool = False) -> dict[str, Any]:
     """The archive's manifest; :class:`NotFound` when there is none (incomplete or absent),
     :class:`ArchiveUnreadable` (409) when it cannot be trusted, :class:`StorageUnavailable` (503)
@@ -113,13 +108,11 @@ async def load_manifest(services: Services, target: str, backup_id: str, *,
     except StorageError as exc:
         raise _storage_failed("read manifest", str(exc), exc) from None
     doc = _check_manifest(raw, target, backup_id)
-    if len(services.manifests) >= MANIFEST_CACHE_MAX:
-        services.manifests.clear()
-    services.manifests[key] = doc
+    services.manifests.put(key, doc)
     return doc
 
 
-async def usable_manifest(services: Services, target: str, backup_id: str) -> dict[str, Any]:
+async def usable_manifest(services: Resources, target: str, backup_id: str) -> dict[str, Any]:
     """The manifest of an archive a restore or verification may read, fresh from storage:
     :class:`NotFound` without one, :class:`ArchiveUnreadable` (409) when it cannot be trusted
     or its objects are not files pgvault wrote (links)."""
@@ -134,7 +127,7 @@ async def usable_manifest(services: Services, target: str, backup_id: str) -> di
     return doc
 
 
-async def _scan(services: Services, target: str) -> dict[str, list[ObjectInfo]]:
+async def _scan(services: Resources, target: str) -> dict[str, list[ObjectInfo]]:
     try:
         objects = await services.storage.list_objects(f"{target}/")
     except StorageError as exc:
@@ -189,7 +182,7 @@ def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
     )
 
 
-async def _manifest_or_reason(services: Services, target: str,
+async def _manifest_or_reason(services: Resources, target: str,
                               backup_id: str) -> dict[str, Any] | str | None:
     """The manifest, None when there is none, or why it cannot be used: one bad archive shows
     as unreadable instead of failing the whole listing."""
@@ -201,7 +194,7 @@ async def _manifest_or_reason(services: Services, target: str,
         return exc.detail
 
 
-async def _verifications(services: Services, target: str,
+async def _verifications(services: Resources, target: str,
                          backup_ids: list[str]) -> dict[str, Verification]:
     async with services.pool.acquire() as conn:
         rows = await jobs_repo.last_verifications(conn, target, backup_ids, sorted(DAMAGE_STEPS))
@@ -218,7 +211,7 @@ async def _verifications(services: Services, target: str,
     return found
 
 
-async def catalogue(services: Services, target: str) -> list[Archive]:
+async def catalogue(services: Resources, target: str) -> list[Archive]:
     """Every archive of the target, newest first, complete or not."""
     grouped = await _scan(services, target)
     ids = sorted(grouped, reverse=True)
@@ -234,7 +227,7 @@ async def catalogue(services: Services, target: str) -> list[Archive]:
     return [_archive(target, b, grouped[b], docs.get(b), checks.get(b)) for b in ids]
 
 
-async def list_archives(services: Services, target: str, cursor: str | None,
+async def list_archives(services: Resources, target: str, cursor: str | None,
                         limit: int) -> ArchiveList:
     after = pagination.decode(cursor, 1)
     archives = await catalogue(services, target)
@@ -246,7 +239,7 @@ async def list_archives(services: Services, target: str, cursor: str | None,
                        next_cursor=pagination.encode([page[-1].backup_id]) if more else None)
 
 
-async def get_archive(services: Services, target: str, backup_id: str) -> ArchiveDetail:
+async def get_archive(services: Resources, target: str, backup_id: str) -> ArchiveDetail:
     grouped = await _scan(services, target)
     if backup_id not in grouped:
         raise NotFound(f"no archive {backup_id} for target {target}")
@@ -264,7 +257,7 @@ def is_good(archive: Archive) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def deletions_locked(services: Services, target: str) -> AsyncIterator[None]:
+async def deletions_locked(services: Resources, target: str) -> AsyncIterator[None]:
     """One deleter per target across replicas (a session advisory lock on the metadata
     database), so two deletions cannot together break the target's minimum."""
     async with services.pool.acquire() as conn:
@@ -276,14 +269,14 @@ async def deletions_locked(services: Services, target: str) -> AsyncIterator[Non
                                f"pgvault-delete:{target}")
 
 
-async def delete_archive(services: Services, caller: Principal, target: str,
+async def delete_archive(services: Resources, caller: Principal, target: str,
                          backup_id: str) -> None:
     """Delete one archive, unless that leaves fewer good archives than the target's minimum."""
     async with deletions_locked(services, target):
         await _delete_archive(services, caller, target, backup_id)
 
 
-async def _delete_archive(services: Services, caller: Principal, target: str,
+async def _delete_archive(services: Resources, caller: Principal, target: str,
                           backup_id: str) -> None:
     async with services.pool.acquire() as conn:
         in_use = await jobs_repo.archives_in_use(conn, target)
@@ -310,13 +303,13 @@ async def _delete_archive(services: Services, caller: Principal, target: str,
                                 outcome="deleted", details={"backup_id": backup_id})
 
 
-async def remove_archive(services: Services, target: str, backup_id: str) -> None:
+async def remove_archive(services: Resources, target: str, backup_id: str) -> None:
     """Manifest first: from that instant the archive is incomplete, never half-restorable."""
     key = mf.manifest_key(target, backup_id)
     try:
         objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
         await services.storage.delete([key])
-        services.manifests.pop(key, None)
+        services.manifests.forget(key)
         await services.storage.delete([o.key for o in objects if o.key != key])
     except StorageError as exc:
         raise _storage_failed("delete archive", f"archive {backup_id}: {exc}", exc) from None

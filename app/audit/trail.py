@@ -92,12 +92,12 @@ class AuditTrail:
 
     async def _record(self, scope: Scope, status: int) -> None:
         fields = self._describe(scope, status)
-        services = getattr(scope["app"].state, "services", None)
-        if services is None:  # not started: nothing to write to
+        resources = getattr(scope["app"].state, "resources", None)
+        if resources is None:  # not started: nothing to write to
             log.warning("audit_not_written", reason="service not started", **fields)
             return
         try:
-            async with asyncio.timeout(5), services.pool.acquire() as conn:
+            async with asyncio.timeout(5), resources.pool.acquire() as conn:
                 await repository.insert(conn, **fields)
         except Exception as exc:
             log.error("audit_write_failed", error_type=type(exc).__name__, **fields)

@@ -21,7 +21,7 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.backup import facts, manifest
 from app.config import Settings, TargetConfig
@@ -31,10 +31,8 @@ from app.integrations.process import Pipeline, PipelineError, PipeWriter, Stage
 from app.integrations.storage import Storage, StorageError, Upload
 from app.integrations.streaming import Stored, pipeline_to_storage
 from app.integrations.target_db import connect_target
-
-if TYPE_CHECKING:
-    from app.jobs.runner import JobContext
-    from app.lifespan import Services
+from app.jobs.context import JobContext
+from app.resources import Resources
 
 
 def encrypted_pipeline(first: Stage, settings: Settings) -> Pipeline:
@@ -142,7 +140,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
             raise StepFailed("manifest", str(exc)) from None
         raise
     await ctx.note_cleanup("archive_prefix", None)
-    services.manifests[manifest.manifest_key(ctx.target, backup_id)] = doc
+    services.manifests.put(manifest.manifest_key(ctx.target, backup_id), doc)
 
     size = manifest.size_bytes(doc)
     duration = time.monotonic() - started
@@ -316,7 +314,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-async def cleanup_backup(services: Services, cleanup: dict[str, Any], target: str) -> None:
+async def cleanup_backup(services: Resources, cleanup: dict[str, Any], target: str) -> None:
     """Undo what a dead worker's backup left: its open upload and its manifest-less objects."""
     upload = cleanup.get("upload")
     if upload:

@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -34,10 +34,8 @@ from prometheus_client.registry import Collector
 from app.archives import service as archives
 from app.archives.schemas import Archive
 from app.jobs import repository as jobs_repo
+from app.resources import Resources
 from app.targets.rpo import within_rpo
-
-if TYPE_CHECKING:
-    from app.lifespan import Services
 
 # Job durations run from seconds (a checksum verify) to hours (a restore of a large database).
 DURATION_BUCKETS = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
@@ -61,7 +59,7 @@ class Facts:
     archives: dict[str, list[Archive] | None] = field(default_factory=dict)
 
 
-async def gather(services: Services) -> Facts:
+async def gather(services: Resources) -> Facts:
     names = sorted(services.settings.targets)
     facts = Facts(targets=names, rpo_hours=services.settings.rpo_hours, now=time.time())
     async with services.pool.acquire() as conn:
@@ -78,7 +76,7 @@ async def gather(services: Services) -> Facts:
     return facts
 
 
-async def _archives(services: Services, target: str) -> list[Archive] | None:
+async def _archives(services: Resources, target: str) -> list[Archive] | None:
     try:
         return await asyncio.wait_for(archives.catalogue(services, target), LIST_TIMEOUT_S)
     except Exception:  # storage down or slow: reported as pgvault_storage_up 0
@@ -208,7 +206,7 @@ def _conclusive(archive: Archive) -> bool:
     return check is not None and (check.status == "succeeded" or check.damaged)
 
 
-async def metrics_text(services: Services) -> bytes:
+async def metrics_text(services: Resources) -> bytes:
     registry = CollectorRegistry()
     registry.register(FactsCollector(await gather(services)))
     data: bytes = generate_latest(registry)

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.health import metrics
 from app.integrations import gpg
 from app.logging import scrub
-
-if TYPE_CHECKING:
-    from app.lifespan import Services
-
+from app.resources import Resources
 
 CHECK_TIMEOUT_S = 5.0
 
 
-async def readiness(services: Services) -> dict[str, Any]:
+async def readiness(services: Resources) -> dict[str, Any]:
     """Each dependency's check, run at once and each bounded: a hung endpoint is a failed check,
     never a hung or failed /readyz."""
     names = ("metadata_db", "storage", "gpg")
@@ -36,7 +33,7 @@ async def _bounded(check: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         return {"ok": False, "detail": f"{type(exc).__name__}: {scrub(str(exc))[:300]}"}
 
 
-async def _metadata_db(services: Services) -> dict[str, Any]:
+async def _metadata_db(services: Resources) -> dict[str, Any]:
     try:
         async with services.pool.acquire(timeout=CHECK_TIMEOUT_S) as conn:
             await conn.fetchval("SELECT 1")
@@ -45,12 +42,12 @@ async def _metadata_db(services: Services) -> dict[str, Any]:
     return {"ok": True}
 
 
-async def _storage(services: Services) -> dict[str, Any]:
+async def _storage(services: Resources) -> dict[str, Any]:
     await services.storage.check()
     return {"ok": True}
 
 
-async def _gpg(services: Services) -> dict[str, Any]:
+async def _gpg(services: Resources) -> dict[str, Any]:
     try:
         keys = await gpg.check_recipients(services.settings.gpg_home,
                                           services.settings.gpg_recipients)
@@ -66,5 +63,5 @@ def unready_detail(checks: dict[str, Any]) -> str:
                      if not c["ok"])
 
 
-async def metrics_text(services: Services) -> bytes:
+async def metrics_text(services: Resources) -> bytes:
     return await metrics.metrics_text(services)

@@ -16,13 +16,11 @@ What a command put in ``ctx.result`` is kept in the result of a job that did not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -30,125 +28,23 @@ import structlog
 from app.audit import repository as audit_repo
 from app.errors import PgVaultError, StepFailed
 from app.integrations import pg_errors
-from app.integrations.target_db import JOB_APPLICATION_NAME, end_backends, job_application_name
+from app.integrations.target_db import JOB_APPLICATION_NAME, end_backends
 from app.jobs import repository as repo
 from app.jobs import summaries
+from app.jobs.context import Cleanup, Handler, JobContext
 from app.jobs.schemas import Job
+from app.loops import LoopService
+from app.resources import Resources
 from app.security import redact
 
-if TYPE_CHECKING:
-    from app.lifespan import Services
-
 log = structlog.get_logger("pgvault.jobs")
-
-Handler = Callable[["JobContext"], Awaitable[tuple[dict[str, Any], str]]]
-# Undoes a job's leftovers from its cleanup notes; returns facts for the job's result (e.g.
-# ``{"database": ..., "database_dropped": true}``).
-Cleanup = Callable[["Services", dict[str, Any], str], Awaitable[dict[str, Any] | None]]
 
 # How long undoing a job's leftovers (storage deletes, a DROP DATABASE) may hold its ending.
 CLEANUP_BOUND_S = 60.0
 
 
-class JobContext:
-    """What a running command sees of its job: parameters, progress reporting, cleanup notes."""
-
-    def __init__(self, row: Any, services: Services, owner: str) -> None:
-        self.owner = owner
-        self.job_id: UUID = row["id"]
-        self.kind: str = row["kind"]
-        self.target: str = row["target"]
-        self.params: dict[str, Any] = row["params"] or {}
-        self.requested_by: str = row["requested_by"]
-        self.services = services
-        self.log = log.bind(job_id=str(self.job_id), kind=self.kind, target=self.target)
-        self.phase = "starting"
-        self.bytes_done = 0
-        self.bytes_total: int | None = None
-        self.bytes_uploaded = 0
-        self._flushed: tuple[str, int, int | None, int] | None = None
-        # The last phase that moved bytes (a dump, a download): a finished job shows it, not the
-        # empty counters of the short step that came after.
-        self._last_stream: tuple[int, int | None, int] | None = None
-        self.cleanup: dict[str, Any] = {}
-        # What the job's result must say even if it fails or is cancelled (e.g. whether the
-        # database a restore created was dropped); merged into the recorded result.
-        self.result: dict[str, Any] = {}
-        self.application_name = job_application_name(self.kind, self.job_id)
-        self.cancel_reason = "cancelled on request"
-        self.cancelling = False
-        self.phase_started = time.monotonic()
-        self.phase_durations: dict[str, float] = {}
-
-    def progress(self, *, bytes_done: int | None = None, bytes_total: int | None = None,
-                 bytes_uploaded: int | None = None) -> None:
-        """Record progress; the runner writes it to the database at most every interval."""
-        if bytes_done is not None:
-            self.bytes_done = bytes_done
-        if bytes_uploaded is not None:
-            self.bytes_uploaded = bytes_uploaded
-        if bytes_total is not None:
-            self.bytes_total = bytes_total
-
-    async def set_phase(self, phase: str, *, bytes_total: int | None = None) -> None:
-        self._close_phase()
-        if self.bytes_done or self.bytes_uploaded:
-            self._last_stream = (self.bytes_done, self.bytes_total, self.bytes_uploaded)
-        self.phase = phase
-        self.bytes_done = 0
-        self.bytes_uploaded = 0
-        self.bytes_total = bytes_total
-        self.log.info("job_phase", phase=phase)
-        await self.flush_progress()
-
-    def _close_phase(self) -> None:
-        now = time.monotonic()
-        spent = self.phase_durations.get(self.phase, 0.0) + now - self.phase_started
-        self.phase_durations[self.phase] = round(spent, 3)
-        self.phase_started = now
-
-    def keep_final_progress(self) -> None:
-        """At the end: a last step that moved no bytes shows the last stream's counters."""
-        if not (self.bytes_done or self.bytes_uploaded) and self._last_stream is not None:
-            self.bytes_done, self.bytes_total, self.bytes_uploaded = self._last_stream
-
-    def summary(self) -> str:
-        return summaries.running(self.kind, self.target, self.params, phase=self.phase,
-                                 bytes_done=self.bytes_done, bytes_total=self.bytes_total,
-                                 bytes_uploaded=self.bytes_uploaded)
-
-    async def flush_progress(self) -> None:
-        state = (self.phase, self.bytes_done, self.bytes_total, self.bytes_uploaded)
-        if state == self._flushed:
-            return
-        self._flushed = state
-        async with self.services.pool.acquire() as conn:
-            await repo.update_progress(conn, self.job_id, phase=self.phase,
-                                       bytes_done=self.bytes_done, bytes_total=self.bytes_total,
-                                       bytes_uploaded=self.bytes_uploaded,
-                                       summary=self.summary())
-
-    async def assert_lease(self) -> None:
-        """Raise unless this worker still holds the job's lease, renewing it (around an
-        irreversible step)."""
-        async with self.services.pool.acquire() as conn:
-            if not await repo.renew_if_held(conn, self.job_id, self.owner,
-                                            self.services.settings.lease_seconds):
-                raise StepFailed("lease", "this worker lost the job's lease; another replica "
-                                          "has taken over its clean-up")
-
-    async def note_cleanup(self, key: str, value: Any | None) -> None:
-        """Record (or, with ``None``, forget) something the reaper must undo if we die."""
-        if value is None:
-            self.cleanup.pop(key, None)
-        else:
-            self.cleanup[key] = value
-        async with self.services.pool.acquire() as conn:
-            await repo.set_cleanup(conn, self.job_id, self.cleanup)
-
-
 class JobRunner:
-    def __init__(self, services: Services, handlers: dict[str, Handler],
+    def __init__(self, services: Resources, handlers: dict[str, Handler],
                  cleanups: dict[str, Cleanup]) -> None:
         self.services = services
         self.settings = services.settings
@@ -156,20 +52,31 @@ class JobRunner:
         self.cleanups = cleanups
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.running: dict[UUID, tuple[asyncio.Task[None], JobContext]] = {}
-        self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._wake = asyncio.Event()
+        self._last_renew = 0.0
+        settings = self.settings
+        self._claimer = LoopService("jobs-claim", self._claim_once,
+                                    interval_s=settings.poll_interval_s, log=log,
+                                    failed_event="jobs_claim_failed")
+        self._heartbeat = LoopService(
+            "jobs-heartbeat", self._heartbeat_once,
+            interval_s=min(settings.progress_interval_s, settings.lease_seconds / 3), log=log,
+            failed_event="jobs_heartbeat_failed", wait_first=True)
+        self._reaper = LoopService("jobs-reaper", self.reap,
+                                   interval_s=max(1.0, settings.lease_seconds / 2), log=log,
+                                   failed_event="jobs_reap_failed")
+        services.runner.attach(self)
 
     def start(self) -> None:
-        self._loops = [
-            asyncio.create_task(self._claim_loop(), name="jobs-claim"),
-            asyncio.create_task(self._heartbeat_loop(), name="jobs-heartbeat"),
-            asyncio.create_task(self._reaper_loop(), name="jobs-reaper"),
-        ]
+        for loop in (self._claimer, self._heartbeat, self._reaper):
+            loop.start()
 
     def wake(self) -> None:
         """A job was just queued here: look for it now rather than at the next poll."""
-        self._wake.set()
+        self._claimer.wake()
+
+    def runs(self, job_id: UUID) -> bool:
+        return job_id in self.running
 
     async def stop(self) -> None:
         """Stop claiming; give running jobs the grace period, then cancel them."""
@@ -185,44 +92,30 @@ class JobRunner:
             if pending:
                 await asyncio.wait(pending)
         # The heartbeat and claim loops go last: running jobs needed their leases renewed.
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*(loop.stop() for loop in
+                               (self._claimer, self._heartbeat, self._reaper)))
 
     # -- loops -----------------------------------------------------------------------------
 
-    async def _claim_loop(self) -> None:
-        while not self._stopping:
-            claimed = False
-            try:
-                if len(self.running) < self.settings.worker_concurrency:
-                    async with self.services.pool.acquire() as conn:
-                        row = await repo.claim_next(conn, owner=self.owner,
-                                                    lease_s=self.settings.lease_seconds,
-                                                    targets=list(self.settings.targets))
-                    if row is not None and not self._stopping:
-                        self._launch(row)
-                        claimed = True
-            except Exception as exc:  # the metadata database may be briefly unreachable
-                log.warning("jobs_claim_failed", error_type=type(exc).__name__)
-            if not claimed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
-                self._wake.clear()
+    async def _claim_once(self) -> bool:
+        """Claim one job if there is room; whether one was claimed (then look again at once)."""
+        if self._stopping or len(self.running) >= self.settings.worker_concurrency:
+            return False
+        async with self.services.pool.acquire() as conn:
+            row = await repo.claim_next(conn, owner=self.owner,
+                                        lease_s=self.settings.lease_seconds,
+                                        targets=list(self.settings.targets))
+        if row is None or self._stopping:
+            return False
+        self._launch(row)
+        return True
 
-    async def _heartbeat_loop(self) -> None:
-        interval = min(self.settings.progress_interval_s, self.settings.lease_seconds / 3)
-        last_renew = 0.0
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                for _, ctx in list(self.running.values()):
-                    await ctx.flush_progress()
-                if time.monotonic() - last_renew >= self.settings.lease_seconds / 3:
-                    last_renew = time.monotonic()
-                    await self._renew()
-            except Exception as exc:
-                log.warning("jobs_heartbeat_failed", error_type=type(exc).__name__)
+    async def _heartbeat_once(self) -> None:
+        for _, ctx in list(self.running.values()):
+            await ctx.flush_progress()
+        if time.monotonic() - self._last_renew >= self.settings.lease_seconds / 3:
+            self._last_renew = time.monotonic()
+            await self._renew()
 
     async def _renew(self) -> None:
         if not self.running:
@@ -254,14 +147,6 @@ class JobRunner:
     async def check_cancel_now(self) -> None:
         """Renew leases and act on cancel flags at once (used by the cancel endpoint)."""
         await self._renew()
-
-    async def _reaper_loop(self) -> None:
-        while True:
-            try:
-                await self.reap()
-            except Exception as exc:
-                log.warning("jobs_reap_failed", error_type=type(exc).__name__)
-            await asyncio.sleep(max(1.0, self.settings.lease_seconds / 2))
 
     async def reap(self) -> int:
         async with self.services.pool.acquire() as conn:

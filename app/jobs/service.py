@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
@@ -15,10 +15,8 @@ from app.audit import repository as audit_repo
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.jobs import repository as repo
 from app.jobs.schemas import TERMINAL, Job, JobList
+from app.resources import Resources
 from app.security import Principal
-
-if TYPE_CHECKING:
-    from app.lifespan import Services
 
 
 def request_hash(kind: str, target: str, params: dict[str, Any]) -> str:
@@ -26,7 +24,7 @@ def request_hash(kind: str, target: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def replay(services: Services, caller: Principal, *, kind: str, target: str,
+async def replay(services: Resources, caller: Principal, *, kind: str, target: str,
                  request: dict[str, Any], idempotency_key: str | None) -> Job | None:
     """The job a repeated Idempotency-Key already made, before any check that could answer
     differently the second time (the first restore created the database it would now refuse);
@@ -44,7 +42,7 @@ async def replay(services: Services, caller: Principal, *, kind: str, target: st
     return Job.from_row(row)
 
 
-async def create(services: Services, caller: Principal, *, kind: str, target: str,
+async def create(services: Resources, caller: Principal, *, kind: str, target: str,
                  params: dict[str, Any], summary: str, idempotency_key: str | None,
                  request: dict[str, Any] | None = None) -> Job:
     """Queue a job (committed before work starts); a repeated key replays the first answer.
@@ -68,7 +66,7 @@ class _Retry(Exception):
     pass
 
 
-async def _insert(services: Services, caller: Principal, kind: str, target: str,
+async def _insert(services: Resources, caller: Principal, kind: str, target: str,
                   params: dict[str, Any], summary: str, idempotency_key: str | None,
                   digest: str) -> Any:
     async with services.pool.acquire() as conn, conn.transaction():
@@ -108,7 +106,7 @@ async def insert_in(conn: Any, caller: Principal, *, kind: str, target: str,
     return row
 
 
-async def get(services: Services, job_id: uuid.UUID) -> Job:
+async def get(services: Resources, job_id: uuid.UUID) -> Job:
     async with services.pool.acquire() as conn:
         row = await repo.get(conn, job_id)
     if row is None:
@@ -116,7 +114,7 @@ async def get(services: Services, job_id: uuid.UUID) -> Job:
     return Job.from_row(row)
 
 
-async def list_jobs(services: Services, *, target: str | None, kind: str | None,
+async def list_jobs(services: Resources, *, target: str | None, kind: str | None,
                     status: str | None, cursor: str | None, limit: int) -> JobList:
     key = pagination.decode_time_key(cursor, uuid.UUID)
     async with services.pool.acquire() as conn:
@@ -136,7 +134,7 @@ async def list_jobs(services: Services, *, target: str | None, kind: str | None,
     return JobList(items=items, next_cursor=next_cursor, skipped=skipped)
 
 
-async def cancel(services: Services, caller: Principal, job_id: uuid.UUID) -> Job:
+async def cancel(services: Resources, caller: Principal, job_id: uuid.UUID) -> Job:
     """Cancel a queued job at once, or ask the running job's worker to stop it.
 
     Cancelling a job that already ended changes nothing and answers with the job as it is:
@@ -150,6 +148,5 @@ async def cancel(services: Services, caller: Principal, job_id: uuid.UUID) -> Jo
         row = await repo.request_cancel(conn, job_id)
         await audit_repo.insert(conn, actor=caller.name, action="job.cancel",
                                 target=row["target"], outcome="accepted", job_id=job_id)
-    if job_id in services.runner.running:
-        await services.runner.check_cancel_now()
+    await services.runner.cancel_now(job_id)
     return Job.from_row(row)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.integrations.target_db import connect_target
+from app.jobs.context import JobContext
 from app.maintenance import tasks
-
-if TYPE_CHECKING:
-    from app.jobs.runner import JobContext
 
 
 async def run_maintenance(ctx: JobContext) -> tuple[dict[str, Any], str]:

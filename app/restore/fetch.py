@@ -25,17 +25,14 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.backup import manifest as mf
 from app.errors import StepFailed
 from app.integrations import gpg, zstd
 from app.integrations.process import Pipeline, PipelineError
 from app.integrations.storage import StorageError
-
-if TYPE_CHECKING:
-    from app.jobs.runner import JobContext
-
+from app.jobs.context import JobContext
 
 OWNER_LOCK = ".owner.lock"
 # A folder without its lock file is either from an older version or a moment old (created, not

@@ -37,7 +37,7 @@ import json
 import re
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.config import PgDsn
 from app.errors import StepFailed
@@ -45,10 +45,8 @@ from app.integrations import pg_tools
 from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import Pipeline, PipelineError, run
 from app.integrations.target_db import connect_target
+from app.jobs.context import JobContext
 from app.restore import old_archives
-
-if TYPE_CHECKING:
-    from app.jobs.runner import JobContext
 
 PRELUDE_SQL = """
 SELECT coalesce(string_agg(format('DROP SCHEMA IF EXISTS %I CASCADE;', s), E'\\n'), '')

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
@@ -23,10 +23,8 @@ from app.integrations import pg_tools
 from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target
+from app.jobs.context import JobContext
 from app.restore import databases
-
-if TYPE_CHECKING:
-    from app.jobs.runner import JobContext
 
 # pg_dump's types for the objects in app/backup/facts.py SCHEMALESS_OBJECTS (subscriptions are
 # named by every manifest).

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from app.archives.service import usable_manifest
 from app.errors import Conflict, InvalidRequest, StepFailed
 from app.integrations.target_db import connect_target
 from app.jobs import service as jobs
 from app.jobs.schemas import Job
+from app.resources import Resources
 from app.restore import databases
 from app.restore.schemas import RestoreRequest, VerifyRequest
 from app.restore.service import default_database_name
 from app.security import Principal
 
-if TYPE_CHECKING:
-    from app.lifespan import Services
 
-
-async def start_restore(services: Services, caller: Principal, target: str,
+async def start_restore(services: Resources, caller: Principal, target: str,
                         body: RestoreRequest, idempotency_key: str | None) -> Job:
     """Queue a restore of a complete archive (404 if there is none, 409 if unreadable)."""
     # keep_on_failure and include_database_settings came later: left out when false, a request
@@ -54,7 +50,7 @@ async def start_restore(services: Services, caller: Principal, target: str,
                              idempotency_key=idempotency_key, request=request)
 
 
-async def _refuse_existing(services: Services, target: str, database: str) -> None:
+async def _refuse_existing(services: Resources, target: str, database: str) -> None:
     """409 now rather than a failed job later; an unreachable target is the job's to report."""
     try:
         conn = await connect_target(services.settings.targets[target].parsed_dsn, timeout=3)
@@ -68,7 +64,7 @@ async def _refuse_existing(services: Services, target: str, database: str) -> No
         await conn.close()
 
 
-async def start_verify(services: Services, caller: Principal, target: str, backup_id: str,
+async def start_verify(services: Resources, caller: Principal, target: str, backup_id: str,
                        body: VerifyRequest, idempotency_key: str | None) -> Job:
     """Queue a verification of a complete archive (404 if there is none, 409 if unreadable)."""
     params = {"backup_id": backup_id, "level": body.level}

@@ -21,7 +21,7 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import structlog
@@ -33,15 +33,13 @@ from app.integrations import pg_errors, pg_tools
 from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target, end_backends, uninterrupted
+from app.jobs.context import JobContext
 from app.maintenance import tasks as maintenance
+from app.resources import Resources
 from app.restore import checks, database_properties, databases, fetch
 from app.restore import globals as globals_
 from app.restore.in_place import replace_in_place
 from app.restore.tools import archive_reader, restore_tools
-
-if TYPE_CHECKING:
-    from app.jobs.runner import JobContext
-    from app.lifespan import Services
 
 log = structlog.get_logger("pgvault.restore")
 
@@ -423,14 +421,14 @@ async def _drop_quietly(dsn: PgDsn, database: str) -> bool:
         return False
 
 
-async def cleanup_restore(services: Services, cleanup: dict[str, Any],
+async def cleanup_restore(services: Resources, cleanup: dict[str, Any],
                           target: str) -> dict[str, Any]:
     """Undo a dead worker's restore: its scratch folder and the database it created."""
     dropped = await _undo_leftovers(services, cleanup, target)
     return {"database": dropped[0], "database_dropped": dropped[1]} if dropped else {}
 
 
-async def cleanup_verify(services: Services, cleanup: dict[str, Any],
+async def cleanup_verify(services: Resources, cleanup: dict[str, Any],
                          target: str) -> dict[str, Any]:
     """Undo a dead worker's verification: its scratch folder and scratch database."""
     dropped = await _undo_leftovers(services, cleanup, target)
@@ -438,7 +436,7 @@ async def cleanup_verify(services: Services, cleanup: dict[str, Any],
             if dropped else {})
 
 
-async def _undo_leftovers(services: Services, cleanup: dict[str, Any],
+async def _undo_leftovers(services: Resources, cleanup: dict[str, Any],
                           target: str) -> tuple[str, bool] | None:
     scratch = cleanup.get("scratch_dir")
     if scratch:

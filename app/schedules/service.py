@@ -9,10 +9,8 @@ deployment does not start every job at once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -23,12 +21,11 @@ from app.audit import repository as audit_repo
 from app.errors import Conflict, PgVaultError
 from app.jobs import repository as jobs_repo
 from app.jobs import service as jobs
+from app.loops import LoopService
+from app.resources import Resources
 from app.schedules import repository as repo
 from app.security import Principal
 from app.targets.rpo import within_rpo
-
-if TYPE_CHECKING:
-    from app.lifespan import Services
 
 log = structlog.get_logger("pgvault.scheduler")
 
@@ -38,28 +35,19 @@ AUDIT_PURGE_EVERY_S = 3600.0
 
 
 class Scheduler:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Resources) -> None:
         self.services = services
         self.settings = services.settings
-        self._task: asyncio.Task[None] | None = None
         self._last_purge: datetime | None = None
+        self._loop = LoopService("scheduler", self.tick,
+                                 interval_s=self.settings.schedule_interval_s, log=log,
+                                 failed_event="scheduler_tick_failed")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="scheduler")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception as exc:  # the metadata database may be briefly unreachable
-                log.warning("scheduler_tick_failed", error_type=type(exc).__name__)
-            await asyncio.sleep(self.settings.schedule_interval_s)
+        await self._loop.stop()
 
     async def tick(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Fire every slot that is due and not yet claimed; returns what this tick did."""

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from croniter import croniter
 from pydantic import ValidationError
 
 from app.jobs import repository as jobs_repo
+from app.resources import Resources
 from app.targets.rpo import within_rpo
 from app.targets.schemas import LastBackup, Schedule, TargetList, TargetStatus
-
-if TYPE_CHECKING:
-    from app.lifespan import Services
 
 log = structlog.get_logger("pgvault.targets")
 
 
-def _status(services: Services, name: str, last: Any, now: datetime) -> TargetStatus:
+def _status(services: Resources, name: str, last: Any, now: datetime) -> TargetStatus:
     cfg = services.settings.targets[name]
     dsn = cfg.parsed_dsn
     last_backup = None
@@ -45,7 +43,7 @@ def _status(services: Services, name: str, last: Any, now: datetime) -> TargetSt
         exclude_schemas=cfg.exclude_schemas, schedules=schedules)
 
 
-async def list_targets(services: Services) -> TargetList:
+async def list_targets(services: Resources) -> TargetList:
     names = sorted(services.settings.targets)
     async with services.pool.acquire() as conn:
         rows = {r["target"]: r for r in await jobs_repo.last_succeeded(conn, "backup", names)}
@@ -53,7 +51,7 @@ async def list_targets(services: Services) -> TargetList:
     return TargetList(items=[_status(services, n, rows.get(n), now) for n in names])
 
 
-async def get_target(services: Services, name: str) -> TargetStatus:
+async def get_target(services: Resources, name: str) -> TargetStatus:
     async with services.pool.acquire() as conn:
         rows = await jobs_repo.last_succeeded(conn, "backup", [name])
     return _status(services, name, rows[0] if rows else None, datetime.now(UTC))

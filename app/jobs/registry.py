@@ -1,10 +1,13 @@
-"""Which command runs each kind of job, and what undoes a dead worker's leftovers."""
+"""The job registry: which command runs each kind of job, and what undoes a dead worker's leftovers.
+
+It sits above the commands it names and beside the runner that reads it (both built by
+:mod:`app.lifespan`); no command imports it."""
 
 from __future__ import annotations
 
 from app.archives.retention import run_retention
 from app.backup.service import cleanup_backup, run_backup
-from app.jobs.runner import Cleanup, Handler
+from app.jobs.context import Cleanup, Handler
 from app.maintenance.service import run_maintenance
 from app.restore.service import cleanup_restore, cleanup_verify, run_restore, run_verify
 
