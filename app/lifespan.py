@@ -20,6 +20,7 @@ import structlog
 from fastapi import FastAPI
 
 from app import db
+from app.backup.manifest import Manifest
 from app.config import ConfigError, Settings
 from app.integrations import gpg, pg_clients
 from app.integrations.storage import Storage, open_storage
@@ -45,7 +46,7 @@ class Services:
     runner: JobRunner = field(init=False)
     scheduler: Scheduler = field(init=False)
     # Manifests never change once written: cache them by key.
-    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    manifests: dict[str, Manifest] = field(default_factory=dict)
 
 
 async def check_tools(settings: Settings) -> pg_clients.PgClients:

@@ -7,12 +7,10 @@ import contextlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 import structlog
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from app import pagination
 from app.archives.schemas import Archive, ArchiveDetail, ArchiveList, Verification
@@ -38,25 +36,7 @@ class ArchiveUnreadable(Conflict):
     """The archive's manifest cannot be trusted: never restored, never counted as good."""
 
 
-class _ManifestObject(BaseModel):
-    key: str
-    size_bytes: int
-    sha256: str
-
-
-class _ManifestHead(BaseModel):
-    """The manifest fields the catalogue shows, checked before any of them is used."""
-
-    backup_id: str
-    target: str
-    finished_at: datetime | None = None
-    label: str | None = None
-    job_id: UUID | None = None
-    database_size_bytes: int | None = None
-    objects: list[_ManifestObject] = Field(default_factory=list)
-
-
-def _check_manifest(raw: bytes, target: str, backup_id: str) -> dict[str, Any]:
+def _check_manifest(raw: bytes, target: str, backup_id: str) -> mf.Manifest:
     """The parsed manifest; :class:`ArchiveUnreadable` with the reason when it is not one this
     archive can be restored from."""
     try:
@@ -71,22 +51,22 @@ def _check_manifest(raw: bytes, target: str, backup_id: str) -> dict[str, Any]:
             f"({str(doc.get('target'))[:64]!r}, {str(doc.get('backup_id'))[:64]!r}): "
             "copied or moved by hand?")
     try:
-        head = _ManifestHead.model_validate(doc)
+        manifest = mf.Manifest.model_validate(doc)
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in e["loc"][:1]) for e in exc.errors()})
         raise ArchiveUnreadable(f"the manifest of {backup_id} has malformed fields: "
                                 f"{', '.join(fields)}") from None
-    for obj in head.objects:
+    for obj in manifest.objects:
         try:
             key_parts(obj.key)
         except StorageError:
             raise ArchiveUnreadable(f"the manifest of {backup_id} lists an object outside its "
                                     f"archive folder ({obj.key[:100]!r})") from None
-    return doc
+    return manifest
 
 
 async def load_manifest(services: Services, target: str, backup_id: str, *,
-                        fresh: bool = False) -> dict[str, Any]:
+                        fresh: bool = False) -> mf.Manifest:
     """The archive's manifest; :class:`NotFound` when there is none (incomplete or absent),
     :class:`ArchiveUnreadable` (409) when it cannot be trusted.
 
@@ -111,7 +91,7 @@ async def load_manifest(services: Services, target: str, backup_id: str, *,
     return doc
 
 
-async def usable_manifest(services: Services, target: str, backup_id: str) -> dict[str, Any]:
+async def usable_manifest(services: Services, target: str, backup_id: str) -> mf.Manifest:
     """The manifest of an archive a restore or verification may read, fresh from storage:
     :class:`NotFound` without one, :class:`ArchiveUnreadable` (409) when it cannot be trusted
     or its objects are not files pgvault wrote (links)."""
@@ -155,7 +135,7 @@ DAMAGE_STEPS = frozenset({"checksum", "decrypt", "pg_restore --list", "compare"}
 
 
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
-             doc: dict[str, Any] | str | None, verification: Verification | None) -> Archive:
+             doc: mf.Manifest | str | None, verification: Verification | None) -> Archive:
     """``doc``: the manifest, None when there is none, or why it is unreadable."""
     size = sum(o.size for o in objects if o.usable and not o.key.endswith(mf.MANIFEST))
     foreign = [o.key.split("/", 2)[-1] for o in objects if not o.usable]
@@ -163,26 +143,26 @@ def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
     if reason is None and foreign:
         reason = (f"{', '.join(foreign[:3])} {'is' if len(foreign) == 1 else 'are'} not a "
                   "regular file (a link?): not written by pgvault")
-    manifest = doc if isinstance(doc, dict) else None
+    manifest = doc if isinstance(doc, mf.Manifest) else None
     # Complete: a manifest, and every object it lists present at its size (a manifest that
     # outlived its objects, or an object cut short, is no backup).
     stored = {o.key.split("/", 2)[-1]: o.size for o in objects if o.usable}
     complete = reason is None and manifest is not None and all(
-        stored.get(obj["key"]) == obj["size_bytes"] for obj in manifest.get("objects") or [])
+        stored.get(obj.key) == obj.size_bytes for obj in manifest.objects)
     status = "unreadable" if reason else "complete" if complete else "incomplete"
     return Archive(
         backup_id=backup_id, target=target, created_at=mf.backup_time(backup_id),
-        finished_at=manifest.get("finished_at") if manifest else None,
+        finished_at=manifest.finished_at if manifest else None,
         size_bytes=size, complete=complete, status=status, reason=reason,
-        label=manifest.get("label") if manifest else None,
-        job_id=manifest.get("job_id") if manifest else None,
-        database_size_bytes=manifest.get("database_size_bytes") if manifest else None,
+        label=manifest.label if manifest else None,
+        job_id=manifest.job_id if manifest else None,
+        database_size_bytes=manifest.database_size_bytes if manifest else None,
         verification=verification,
     )
 
 
 async def _manifest_or_reason(services: Services, target: str,
-                              backup_id: str) -> dict[str, Any] | str | None:
+                              backup_id: str) -> mf.Manifest | str | None:
     """The manifest, None when there is none, or why it cannot be used: one bad archive shows
     as unreadable instead of failing the whole listing."""
     try:
@@ -217,7 +197,7 @@ async def catalogue(services: Services, target: str) -> list[Archive]:
     complete = [b for b in ids if any(o.key.endswith("/" + mf.MANIFEST) for o in grouped[b])]
     sem = asyncio.Semaphore(8)
 
-    async def load(backup_id: str) -> tuple[str, dict[str, Any] | str | None]:
+    async def load(backup_id: str) -> tuple[str, mf.Manifest | str | None]:
         async with sem:
             return backup_id, await _manifest_or_reason(services, target, backup_id)
 
@@ -246,8 +226,8 @@ async def get_archive(services: Services, target: str, backup_id: str) -> Archiv
     checks = await _verifications(services, target, [backup_id])
     archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id))
     return ArchiveDetail(**archive.model_dump(),
-                         manifest=doc if isinstance(doc, dict) and archive.reason is None
-                         else None)
+                         manifest=doc.as_stored()
+                         if isinstance(doc, mf.Manifest) and archive.reason is None else None)
 
 
 def is_good(archive: Archive) -> bool:

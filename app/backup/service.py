@@ -21,12 +21,15 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
 
 from app.backup import facts, manifest
 from app.config import Settings, TargetConfig
 from app.errors import StepFailed
 from app.integrations import gpg, pg_clients, pg_tools
+from app.integrations.pg_clients import ToolVersions
 from app.integrations.process import Pipeline, PipelineError, PipeWriter, Stage
 from app.integrations.storage import Storage, StorageError, Upload
 from app.integrations.streaming import Stored, pipeline_to_storage
@@ -35,6 +38,8 @@ from app.integrations.target_db import connect_target
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
     from app.lifespan import Services
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def encrypted_pipeline(first: Stage, settings: Settings) -> Pipeline:
@@ -85,7 +90,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 pg_dumpall = services.clients.choose("pg_dumpall", server_major)
             except pg_clients.NoFittingClient as exc:
                 raise StepFailed("client programs", str(exc)) from None
-            tools = {"pg_dump": pg_dump.version, "pg_dumpall": pg_dumpall.version}
+            tools = ToolVersions(pg_dump=pg_dump.version, pg_dumpall=pg_dumpall.version)
             await ctx.note_cleanup("archive_prefix", prefix)
 
             # 2. Globals (roles, memberships, tablespaces), without role passwords.
@@ -156,7 +161,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
         "objects": [{"key": s.key.removeprefix(prefix), "size_bytes": s.size_bytes,
                      "sha256": s.sha256} for s in written],
         "label": ctx.params.get("label"),
-        "tools": tools,
+        "tools": tools.as_dict(),
     }
     summary = (f"backup {backup_id} of {ctx.target}: {_mb(size)} stored from a "
                f"{_mb(server['database_size_bytes'])} database in {duration:.1f} s")
@@ -264,52 +269,61 @@ async def _close(conn: Any) -> None:
 
 def _manifest(ctx: JobContext, settings: Settings, backup_id: str, created_at: datetime,
               finished_at: datetime, server: dict[str, Any], catalog: dict[str, Any],
-              tables: list[dict[str, Any]], written: list[Stored], tools: dict[str, str],
-              snapshot: str) -> dict[str, Any]:
+              tables: list[dict[str, Any]], written: list[Stored], tools: ToolVersions,
+              snapshot: str) -> manifest.Manifest:
     prefix = manifest.archive_prefix(ctx.target, backup_id)
     kinds = {manifest.GLOBALS_OBJECT: "globals", manifest.DATABASE_OBJECT: "database",
              manifest.PROPERTIES_OBJECT: "database_properties"}
     objects = []
     for stored in written:
         key = stored.key.removeprefix(prefix)
-        objects.append({"key": key, "kind": kinds[key], "size_bytes": stored.size_bytes,
-                        "sha256": stored.sha256, "encrypted": True})
-    return {
-        "format_version": manifest.FORMAT_VERSION,
-        "backup_id": backup_id,
-        "target": ctx.target,
-        "label": ctx.params.get("label"),
-        "job_id": str(ctx.job_id),
-        "requested_by": ctx.requested_by,
-        "created_at": created_at.isoformat(),
-        "finished_at": finished_at.isoformat(),
-        "server_version": server["server_version"],
-        "server_version_num": server["server_version_num"],
-        "pg_dump_version": tools["pg_dump"],
-        "tools": tools,
-        "database": server["database"],
-        "database_size_bytes": server["database_size_bytes"],
-        "database_encoding": server["encoding"],
-        "database_collate": server["collate"],
-        "database_ctype": server["ctype"],
-        "dump_format": "custom",
-        "compression": "zstd",
-        "compression_level": settings.zstd_level,
-        "encryption": {"format": "openpgp", "recipients": list(settings.gpg_recipients)},
-        "snapshot": snapshot,
-        "exclude_schemas": list(settings.targets[ctx.target].exclude_schemas),
-        "row_counts": "exact" if settings.targets[ctx.target].row_counts else "none",
-        "objects": objects,
-        "tables": tables,
-        "materialized_views": catalog["materialized_views"],
-        "subscriptions": catalog["subscriptions"],
-        "extensions": catalog["extensions"],
-        "schemas": catalog["schemas"],
-        "schemaless_objects": catalog["schemaless_objects"],
-        "invalid_indexes": catalog["invalid_indexes"],
-        "not_valid_constraints": catalog["not_valid_constraints"],
-        "database_properties": facts.properties_summary(catalog["database_properties"]),
-    }
+        objects.append(manifest.ArchiveObject(key=key, kind=kinds[key],
+                                              size_bytes=stored.size_bytes,
+                                              sha256=stored.sha256, encrypted=True))
+    target = settings.targets[ctx.target]
+    # Every field given, so every key is written (None as null), as always.
+    return manifest.Manifest(
+        format_version=manifest.FORMAT_VERSION,
+        backup_id=backup_id,
+        target=ctx.target,
+        label=ctx.params.get("label"),
+        job_id=ctx.job_id,
+        requested_by=ctx.requested_by,
+        created_at=created_at,
+        finished_at=finished_at,
+        server_version=server["server_version"],
+        server_version_num=server["server_version_num"],
+        pg_dump_version=tools.pg_dump,
+        tools=tools,
+        database=server["database"],
+        database_size_bytes=server["database_size_bytes"],
+        database_encoding=server["encoding"],
+        database_collate=server["collate"],
+        database_ctype=server["ctype"],
+        dump_format="custom",
+        compression="zstd",
+        compression_level=settings.zstd_level,
+        encryption=manifest.Encryption(format="openpgp",
+                                       recipients=list(settings.gpg_recipients)),
+        snapshot=snapshot,
+        exclude_schemas=list(target.exclude_schemas),
+        row_counts="exact" if target.row_counts else "none",
+        objects=objects,
+        tables=_each(manifest.TableRows, tables),
+        materialized_views=_each(manifest.MaterializedView, catalog["materialized_views"]),
+        subscriptions=_each(manifest.Subscription, catalog["subscriptions"]),
+        extensions=_each(manifest.Extension, catalog["extensions"]),
+        schemas=_each(manifest.Schema, catalog["schemas"]),
+        schemaless_objects=_each(manifest.SchemalessObject, catalog["schemaless_objects"]),
+        invalid_indexes=_each(manifest.IndexRef, catalog["invalid_indexes"]),
+        not_valid_constraints=_each(manifest.ConstraintRef, catalog["not_valid_constraints"]),
+        database_properties=manifest.PropertiesSummary.model_validate(
+            facts.properties_summary(catalog["database_properties"])),
+    )
+
+
+def _each(model: type[_M], rows: list[dict[str, Any]]) -> list[_M]:
+    return [model.model_validate(r) for r in rows]
 
 
 def _mb(n: int) -> str:

@@ -3,10 +3,13 @@ database; identifiers are quoted by the server (``format('%I')``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel
 
+from app.backup.manifest import TableRows
 from app.errors import StepFailed
 from app.integrations import pg_errors
 
@@ -31,27 +34,27 @@ SUBSCRIPTIONS = """SELECT subname AS name, subenabled AS enabled FROM pg_subscri
 WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"""
 
 
-async def compare_rows(conn: Any, tables: list[dict[str, Any]]) -> dict[str, Any]:
+async def compare_rows(conn: Any, tables: list[TableRows]) -> dict[str, Any]:
     """Count every table of the manifest in the restored database."""
     mismatches = []
     checked = 0
     for table in tables:
-        if table.get("rows") is None:
+        if table.rows is None:
             continue
         sql = await conn.fetchval("SELECT format('SELECT count(*) FROM ONLY %I.%I', $1::text, "
-                                  "$2::text)", table["schema"], table["name"])
+                                  "$2::text)", table.schema_, table.name)
         error: str | None = None
         try:
             rows = await conn.fetchval(sql)
         except asyncpg.UndefinedTableError:  # a table that did not come back is a mismatch
             rows, error = None, "missing"
         except asyncpg.PostgresError as exc:  # says nothing of the archive (a timeout, say)
-            raise StepFailed("count", f"counting {table['schema']}.{table['name']} failed: "
+            raise StepFailed("count", f"counting {table.schema_}.{table.name} failed: "
                                       f"{pg_errors.describe(exc)}") from None
         checked += 1
-        if rows != table["rows"]:
-            mismatches.append({"schema": table["schema"], "name": table["name"],
-                               "expected": table["rows"], "found": rows, "error": error})
+        if rows != table.rows:
+            mismatches.append({"schema": table.schema_, "name": table.name,
+                               "expected": table.rows, "found": rows, "error": error})
     return {"tables_checked": checked, "mismatches": mismatches, "ok": not mismatches}
 
 
@@ -63,14 +66,14 @@ async def unvalidated_constraints(conn: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in await conn.fetch(UNVALIDATED_CONSTRAINTS)]
 
 
-def against_source(found: list[dict[str, Any]], recorded: list[dict[str, Any]] | None,
+def against_source(found: list[dict[str, Any]], recorded: Sequence[BaseModel] | None,
                    key: tuple[str, ...]) -> list[dict[str, Any]]:
     """Mark each finding ``in_source``: whether the backed-up database had it too (pg_dump
     reproduces NOT VALID constraints and ON ONLY partitioned indexes exactly). ``None`` when the
     manifest predates these facts: then nothing is excused."""
     if recorded is None:
         return [{**f, "in_source": None} for f in found]
-    had = {tuple(r.get(k) for k in key) for r in recorded}
+    had = {tuple(r.model_dump(by_alias=True).get(k) for k in key) for r in recorded}
     return [{**f, "in_source": tuple(f.get(k) for k in key) in had} for f in found]
 
 

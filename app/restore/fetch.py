@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from app.backup import manifest as mf
 from app.errors import StepFailed
@@ -109,12 +109,12 @@ async def _feed(ctx: JobContext, key: str, feed: PipeWriter, digest: hashlib._Ha
     return size
 
 
-async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: Path,
+async def fetch_object(ctx: JobContext, key: str, entry: mf.ArchiveObject, plain: Path,
                        on_bytes: Callable[[int], None]) -> None:
     """Download ``key``, decrypt and decompress it into ``plain``, and check it (see above)."""
     settings = ctx.services.settings
     status = plain.with_suffix(".gpg-status")
-    name = entry["key"]
+    name = entry.key
     digest = hashlib.sha256()
     out = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # first: may fail alone
     feed_r, feed_w = os.pipe()
@@ -157,12 +157,12 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
         if pass_r is not None:
             os.close(pass_r)
     if fed_all:  # the whole object went through: its hash decides first
-        if size != int(entry["size_bytes"]):
+        if size != entry.size_bytes:
             raise StepFailed("checksum", f"object {name} is {size} bytes, the manifest says "
-                                         f"{entry['size_bytes']}: corrupt or truncated")
-        if digest.hexdigest() != entry["sha256"]:
+                                         f"{entry.size_bytes}: corrupt or truncated")
+        if digest.hexdigest() != entry.sha256:
             raise StepFailed("checksum", f"object {name} has SHA-256 {digest.hexdigest()[:16]}"
-                                         f"..., the manifest says {entry['sha256'][:16]}...: "
+                                         f"..., the manifest says {entry.sha256[:16]}...: "
                                          "corrupt or tampered with")
     if pipeline_error is not None:
         raise await _unpack_failure(status, pipeline_error)
@@ -193,20 +193,20 @@ async def _unpack_failure(status: Path, error: PipelineError) -> StepFailed:
     return StepFailed("decrypt", str(error))
 
 
-async def fetch(ctx: JobContext, doc: dict[str, Any], workdir: Path) -> dict[str, Path]:
+async def fetch(ctx: JobContext, doc: mf.Manifest, workdir: Path) -> dict[str, Path]:
     """Download, decrypt and check every object; returns the plaintext files by kind."""
-    if doc.get("compression") not in ("zstd", None):
-        raise StepFailed("fetch", f"unsupported compression {doc.get('compression')!r}")
-    prefix = mf.archive_prefix(doc["target"], doc["backup_id"])
-    objects = doc.get("objects") or []
-    await ctx.set_phase("download", bytes_total=sum(int(o["size_bytes"]) for o in objects))
+    if doc.compression not in ("zstd", None):
+        raise StepFailed("fetch", f"unsupported compression {doc.compression!r}")
+    prefix = mf.archive_prefix(doc.target, doc.backup_id)
+    objects = doc.objects
+    await ctx.set_phase("download", bytes_total=sum(o.size_bytes for o in objects))
     done = 0
     plain: dict[str, Path] = {}
     for entry in objects:
-        key = entry["key"]
+        key = entry.key
         if "/" in key or key.startswith("."):
             raise StepFailed("checksum", f"manifest names an object outside the archive: {key!r}")
-        kind = entry.get("kind", key)
+        kind = entry.kind or key
 
         def progress(n: int, base: int = done) -> None:
             ctx.progress(bytes_done=base + n)
@@ -214,5 +214,5 @@ async def fetch(ctx: JobContext, doc: dict[str, Any], workdir: Path) -> dict[str
         target = workdir / f"{kind}.plain"
         await fetch_object(ctx, prefix + key, entry, target, progress)
         plain[kind] = target
-        done += int(entry["size_bytes"])
+        done += entry.size_bytes
     return plain

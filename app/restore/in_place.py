@@ -40,6 +40,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.backup.manifest import Manifest
 from app.config import PgDsn
 from app.errors import StepFailed
 from app.integrations import pg_tools
@@ -141,20 +142,20 @@ def large_object_entries(toc: str) -> list[str]:
     return pg_tools.toc_entries(toc, "BLOB", "BLOB METADATA")
 
 
-def archive_schemas(doc: dict[str, Any]) -> list[str] | None:
+def archive_schemas(doc: Manifest) -> list[str] | None:
     """The schemas the archive holds, as read from the catalog in the backup's snapshot (None
     for an archive from before the manifest listed them)."""
-    if "schemas" not in doc:
+    if doc.schemas is None:
         return None
-    return sorted(s["name"] for s in doc["schemas"])
+    return sorted(s.name for s in doc.schemas)
 
 
-def archive_schemaless_objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    objects: list[dict[str, Any]] = doc.get("schemaless_objects") or []
-    if unknown := {str(o.get("type")) for o in objects} - SCHEMALESS_TYPES:
+def archive_schemaless_objects(doc: Manifest) -> list[dict[str, Any]]:
+    """As the drop statements' SQL reads them: ``{"type": ..., "names": [...]}``."""
+    if unknown := {o.type for o in doc.schemaless_objects} - SCHEMALESS_TYPES:
         raise StepFailed("restore in place", "the manifest names schema-less objects of an "
                          f"unknown type ({', '.join(sorted(unknown))})")
-    return objects
+    return [{"type": o.type, "names": o.names} for o in doc.schemaless_objects]
 
 
 async def _large_objects_sql(tools: RestoreTools, dump: Path, toc: str) -> str:
@@ -178,7 +179,7 @@ async def _large_objects_sql(tools: RestoreTools, dump: Path, toc: str) -> str:
 
 
 async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
-                           doc: dict[str, Any], tools: RestoreTools) -> None:
+                           doc: Manifest, tools: RestoreTools) -> None:
     await ctx.set_phase("restore")
     try:
         toc = (await run(pg_tools.pg_restore_list_stage(tools.pg_restore, dump))).decode()
@@ -195,7 +196,7 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
         schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(objects))
         if pg_tools.toc_entries(toc, "SUBSCRIPTION"):
             schemaless += "\n" + await conn.fetchval(
-                SUBSCRIPTIONS_DROP_SQL, [s["name"] for s in doc.get("subscriptions") or []])
+                SUBSCRIPTIONS_DROP_SQL, [s.name for s in doc.subscriptions])
         version = int(await conn.fetchval("SHOW server_version_num"))
         # A newer pg_restore's script is cut to the settings this server has (see ScriptHeadFitter).
         known = ({r["name"] for r in await conn.fetch("SELECT name FROM pg_catalog.pg_settings")}

@@ -27,10 +27,11 @@ import asyncpg
 import structlog
 
 from app.archives.service import ArchiveUnreadable, load_manifest
+from app.backup.manifest import Manifest
 from app.config import PgDsn
 from app.errors import NotFound, StepFailed
 from app.integrations import pg_errors, pg_tools
-from app.integrations.pg_clients import RestoreTools
+from app.integrations.pg_clients import RestoreTools, ToolVersions
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target, end_backends, uninterrupted
 from app.maintenance import tasks as maintenance
@@ -56,7 +57,7 @@ def default_database_name(target: str, now: datetime | None = None) -> str:
     return f"{target.replace('-', '_')[:40]}_restore_{now:%Y%m%d%H%M%S}"
 
 
-async def _manifest(ctx: JobContext) -> dict[str, Any]:
+async def _manifest(ctx: JobContext) -> Manifest:
     try:
         return await load_manifest(ctx.services, ctx.target, ctx.params["backup_id"],
                                    fresh=True)
@@ -65,10 +66,10 @@ async def _manifest(ctx: JobContext) -> dict[str, Any]:
 
 
 async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
-                      doc: dict[str, Any], *, jobs: int, tools: RestoreTools) -> None:
+                      doc: Manifest, *, jobs: int, tools: RestoreTools) -> None:
     await ctx.set_phase("restore")
     passes: list[tuple[str, ...]] = [()]
-    if jobs > 1 and doc.get("not_valid_constraints"):
+    if jobs > 1 and doc.not_valid_constraints:
         # A parallel pg_restore may add a NOT VALID constraint (post-data) before rows that
         # violate it are loaded, and COPY fails: a domain's waits for no table, an inheritance
         # parent's for none of its children. So all the data first, then the rest.
@@ -138,7 +139,7 @@ async def _database_properties(ctx: JobContext, dsn: PgDsn, database: str,
 
 
 async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
-                        doc: dict[str, Any]) -> dict[str, Any]:
+                        doc: Manifest) -> dict[str, Any]:
     """The runbook's post-restore steps. The data is restored by now: a step that fails is
     reported in ``errors`` (and fails the row check when it is the count), never undoes it."""
     await ctx.set_phase("post-restore")
@@ -147,7 +148,7 @@ async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
     steps = {
         "analyze": lambda c: maintenance.analyze(c),
         "materialized_views_refreshed": lambda c: maintenance.refresh_materialized_views(c),
-        "row_counts": lambda c: checks.compare_rows(c, doc.get("tables") or []),
+        "row_counts": lambda c: checks.compare_rows(c, doc.tables),
         "invalid_indexes": lambda c: _invalid_indexes(c, doc),
         "unvalidated_constraints": lambda c: _unvalidated_constraints(c, doc),
         "subscriptions": checks.subscriptions,
@@ -172,7 +173,7 @@ async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
             "invalid_indexes": found.get("invalid_indexes", []),
             "unvalidated_constraints": found.get("unvalidated_constraints", []),
             "subscriptions_to_enable": [s["name"] for s in subs if not s["enabled"]]
-            or [s["name"] for s in doc.get("subscriptions") or []],
+            or [s.name for s in doc.subscriptions],
             "errors": errors}
 
 
@@ -251,14 +252,14 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     checklist["globals"] = roles if params.get("include_globals") else None
     rows_ok = checklist["row_counts"]["ok"]
     result = {
-        "backup_id": doc["backup_id"], "mode": params["mode"], "database": database,
+        "backup_id": doc.backup_id, "mode": params["mode"], "database": database,
         "duration_s": round(duration, 3), "severity": severity, "rto_hours": rto_hours,
         "rto_met": duration <= rto_hours * 3600, "rows_match": rows_ok, "checklist": checklist,
-        "tools": tools.used,
+        "tools": tools.used.as_dict(),
     }
     if checklist.get("skipped"):
         result["rows_match"] = None
-    summary = (f"restored {doc['backup_id']} into {database} in {duration:.1f} s "
+    summary = (f"restored {doc.backup_id} into {database} in {duration:.1f} s "
                f"(RTO {'met' if result['rto_met'] else 'MISSED'}); rows "
                f"{_rows_word(checklist)}; "
                f"{len(checks.made_worse(checklist['invalid_indexes']))} invalid index(es)"
@@ -307,13 +308,13 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     dsn = ctx.services.settings.targets[ctx.target].parsed_dsn
     # Kept in the job's result even if the verification fails (what it found so far).
     result = ctx.result
-    result.update(backup_id=doc["backup_id"], level=level)
+    result.update(backup_id=doc.backup_id, level=level)
     reader = archive_reader(ctx.services.clients, doc)
     tools = await restore_tools(ctx.services.clients, dsn, doc) if level == "restore" else None
-    result["tools"] = {"pg_restore": reader.version}
+    result["tools"] = ToolVersions(pg_restore=reader.version).as_dict()
     async with fetch.scratch_dir(ctx) as workdir:
         plain = await fetch.fetch(ctx, doc, workdir)
-        result["objects_checked"] = len(doc.get("objects") or [])
+        result["objects_checked"] = len(doc.objects)
         await ctx.set_phase("table of contents")
         try:
             toc = await run(pg_tools.pg_restore_list_stage(reader, plain["database"]))
@@ -333,11 +334,11 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 finally:
                     await conn.close()
                 await _pg_restore(ctx, dsn, scratch, plain["database"], doc, jobs=2, tools=tools)
-                result["tools"] = tools.used
+                result["tools"] = tools.used.as_dict()
                 await ctx.set_phase("compare")
                 conn = await connect_target(dsn, scratch, settings=SESSION_DEFAULTS)
                 try:
-                    result["row_counts"] = await checks.compare_rows(conn, doc.get("tables") or [])
+                    result["row_counts"] = await checks.compare_rows(conn, doc.tables)
                     result["invalid_indexes"] = await _invalid_indexes(conn, doc)
                     result["unvalidated_constraints"] = await _unvalidated_constraints(conn, doc)
                 finally:
@@ -363,7 +364,7 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
         # a NOT VALID constraint may have come from the source itself ("checks").
         raise StepFailed("compare" if not result["row_counts"]["ok"] else "checks",
                          "; ".join(problems))
-    summary = (f"{level} verification of {doc['backup_id']} passed: "
+    summary = (f"{level} verification of {doc.backup_id} passed: "
                f"{result['objects_checked']} object(s), {result['toc_entries']} TOC entries"
                + (f", {result['row_counts']['tables_checked']} tables match"
                   + _excused(result) if level == "restore" else "")
@@ -371,14 +372,14 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     return result, summary
 
 
-async def _invalid_indexes(conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+async def _invalid_indexes(conn: Any, doc: Manifest) -> list[dict[str, Any]]:
     return checks.against_source(await checks.invalid_indexes(conn),
-                                 doc.get("invalid_indexes"), checks.INDEX_KEY)
+                                 doc.invalid_indexes, checks.INDEX_KEY)
 
 
-async def _unvalidated_constraints(conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+async def _unvalidated_constraints(conn: Any, doc: Manifest) -> list[dict[str, Any]]:
     return checks.against_source(await checks.unvalidated_constraints(conn),
-                                 doc.get("not_valid_constraints"), checks.CONSTRAINT_KEY)
+                                 doc.not_valid_constraints, checks.CONSTRAINT_KEY)
 
 
 def _excused(result: dict[str, Any]) -> str:
@@ -395,11 +396,10 @@ def _as_in_source(found: list[dict[str, Any]]) -> str:
     return f" (+{same} as in the source)" if same else ""
 
 
-async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
+async def _create_database(conn: Any, name: str, doc: Manifest) -> None:
     try:
-        await databases.create(conn, name, encoding=doc.get("database_encoding"),
-                               collate=doc.get("database_collate"),
-                               ctype=doc.get("database_ctype"))
+        await databases.create(conn, name, encoding=doc.database_encoding,
+                               collate=doc.database_collate, ctype=doc.database_ctype)
     except asyncpg.DuplicateDatabaseError:
         raise StepFailed("create database", f"database {name} already exists; pick another "
                                             "name or drop it first") from None
