@@ -22,6 +22,7 @@ from app.integrations.storage import ObjectInfo, StorageError, StorageRefused
 from app.integrations.storage.base import key_parts
 from app.jobs import repository as jobs_repo
 from app.security import Principal
+from app.steps import DAMAGE_STEPS, Step
 
 if TYPE_CHECKING:
     from app.lifespan import Services
@@ -83,7 +84,7 @@ async def load_manifest(services: Services, target: str, backup_id: str, *,
     except StorageRefused as exc:
         raise ArchiveUnreadable(str(exc)) from None
     except StorageError as exc:
-        raise StepFailed("read manifest", str(exc)) from None
+        raise StepFailed(Step.READ_MANIFEST, str(exc)) from None
     doc = _check_manifest(raw, target, backup_id)
     if len(services.manifests) >= MANIFEST_CACHE_MAX:
         services.manifests.clear()
@@ -99,7 +100,7 @@ async def usable_manifest(services: Services, target: str, backup_id: str) -> mf
     try:
         objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
     except StorageError as exc:
-        raise StepFailed("list archive", str(exc)) from None
+        raise StepFailed(Step.LIST_ARCHIVE, str(exc)) from None
     archive = _archive(target, backup_id, objects, doc, None)
     if archive.reason is not None:
         raise ArchiveUnreadable(f"archive {backup_id} is unreadable: {archive.reason}")
@@ -110,7 +111,7 @@ async def _scan(services: Services, target: str) -> dict[str, list[ObjectInfo]]:
     try:
         objects = await services.storage.list_objects(f"{target}/")
     except StorageError as exc:
-        raise StepFailed("list archives", str(exc)) from None
+        raise StepFailed(Step.LIST_ARCHIVES, str(exc)) from None
     grouped: dict[str, list[ObjectInfo]] = defaultdict(list)
     for obj in objects:
         parts = obj.key.split("/")
@@ -127,11 +128,6 @@ def _dated(backup_id: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-# Steps whose failure proves the archive broken; any other (storage unreachable, a worker lost,
-# no room for a scratch database) says nothing about it.
-DAMAGE_STEPS = frozenset({"checksum", "decrypt", "pg_restore --list", "compare"})
 
 
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
@@ -176,7 +172,8 @@ async def _manifest_or_reason(services: Services, target: str,
 async def _verifications(services: Services, target: str,
                          backup_ids: list[str]) -> dict[str, Verification]:
     async with services.pool.acquire() as conn:
-        rows = await jobs_repo.last_verifications(conn, target, backup_ids, sorted(DAMAGE_STEPS))
+        rows = await jobs_repo.last_verifications(conn, target, backup_ids,
+                                                  [str(s) for s in sorted(DAMAGE_STEPS)])
     found: dict[str, Verification] = {}
     for r in rows:
         try:
@@ -291,4 +288,4 @@ async def remove_archive(services: Services, target: str, backup_id: str) -> Non
         services.manifests.pop(key, None)
         await services.storage.delete([o.key for o in objects if o.key != key])
     except StorageError as exc:
-        raise StepFailed("delete archive", f"archive {backup_id}: {exc}") from None
+        raise StepFailed(Step.DELETE_ARCHIVE, f"archive {backup_id}: {exc}") from None

@@ -34,6 +34,7 @@ from app.integrations.process import Pipeline, PipelineError, PipeWriter, Stage
 from app.integrations.storage import Storage, StorageError, Upload
 from app.integrations.streaming import Stored, pipeline_to_storage
 from app.integrations.target_db import connect_target
+from app.steps import UPLOAD_OF, Step
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -74,7 +75,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
     prefix = manifest.archive_prefix(ctx.target, backup_id)
     written: list[Stored] = []
 
-    await ctx.set_phase("connecting")
+    await ctx.set_phase(Step.CONNECTING)
     # The snapshot's session idles in its transaction for the whole dump and counts big tables:
     # the role's own timeouts (managed services set them) must not end it.
     conn = await connect_target(dsn, settings={"statement_timeout": "0",
@@ -89,20 +90,20 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 pg_dump = services.clients.choose("pg_dump", server_major)
                 pg_dumpall = services.clients.choose("pg_dumpall", server_major)
             except pg_clients.NoFittingClient as exc:
-                raise StepFailed("client programs", str(exc)) from None
+                raise StepFailed(Step.CLIENT_PROGRAMS, str(exc)) from None
             tools = ToolVersions(pg_dump=pg_dump.version, pg_dumpall=pg_dumpall.version)
             await ctx.note_cleanup("archive_prefix", prefix)
 
             # 2. Globals (roles, memberships, tablespaces), without role passwords.
-            await ctx.set_phase("globals")
+            await ctx.set_phase(Step.GLOBALS)
             written.append(await _upload(
-                ctx, storage, "globals", prefix + manifest.GLOBALS_OBJECT,
+                ctx, storage, Step.GLOBALS, prefix + manifest.GLOBALS_OBJECT,
                 encrypted_pipeline(pg_tools.pg_dumpall_globals_stage(pg_dumpall, dsn), settings)))
 
             # 3. The database, and its facts in the same snapshot meanwhile.
             catalog = await facts.catalog_facts(conn, target.exclude_schemas)
             properties = await facts.database_properties(conn)
-            await ctx.set_phase("dump", bytes_total=server["database_size_bytes"])
+            await ctx.set_phase(Step.DUMP, bytes_total=server["database_size_bytes"])
             dump_stage = pg_tools.pg_dump_stage(
                 pg_dump, dsn, snapshot=snapshot, lock_wait_timeout_s=settings.lock_wait_timeout_s,
                 exclude_schemas=target.exclude_schemas)
@@ -111,7 +112,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 facts.count_rows(conn, catalog["tables"]) if target.row_counts
                 else _no_counts(catalog["tables"]))
             try:
-                written.append(await _upload(ctx, storage, "dump",
+                written.append(await _upload(ctx, storage, Step.DUMP,
                                              prefix + manifest.DATABASE_OBJECT, pipeline))
                 tables = await counting
             finally:
@@ -120,7 +121,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
                     with contextlib.suppress(BaseException):
                         await counting
             written.append(await _upload_document(
-                ctx, storage, "database properties", prefix + manifest.PROPERTIES_OBJECT,
+                ctx, storage, Step.DATABASE_PROPERTIES, prefix + manifest.PROPERTIES_OBJECT,
                 json.dumps(properties).encode()))
     except BaseException:
         await asyncio.shield(_discard(storage, written))
@@ -130,7 +131,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
 
     # 4. The manifest, last, and only while this worker still owns the job: a replica that
     # reaped it may already have deleted the objects.
-    await ctx.set_phase("manifest")
+    await ctx.set_phase(Step.MANIFEST)
     finished_at = datetime.now(UTC)
     doc = _manifest(ctx, settings, backup_id, created_at, finished_at, server,
                     {**catalog, "database_properties": properties}, tables, written, tools,
@@ -144,7 +145,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
         # The write may have landed even if it reported failure: manifest first, then objects.
         await asyncio.shield(_discard_manifest_first(storage, key, written))
         if isinstance(exc, (StorageError, OSError)):
-            raise StepFailed("manifest", str(exc)) from None
+            raise StepFailed(Step.MANIFEST, str(exc)) from None
         raise
     await ctx.note_cleanup("archive_prefix", None)
     services.manifests[manifest.manifest_key(ctx.target, backup_id)] = doc
@@ -181,7 +182,7 @@ async def _confirm_lease(ctx: JobContext) -> None:
         ctx.log.warning("lease_unconfirmed_after_manifest", error_type=type(exc).__name__)
 
 
-async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
+async def _upload(ctx: JobContext, storage: Storage, step: Step, key: str,
                   pipeline: Pipeline, *, started: bool = False) -> Stored:
     """Stream ``pipeline`` into ``key``. ``started``: a pipeline fed from memory (a document):
     already running, and too small to report progress (the dump's stays the job's last)."""
@@ -210,12 +211,12 @@ async def _upload(ctx: JobContext, storage: Storage, step: str, key: str,
     except PipelineError as exc:
         raise StepFailed(step, str(exc)) from None
     except StorageError as exc:
-        raise StepFailed(f"{step} upload", str(exc)) from None
+        raise StepFailed(UPLOAD_OF[step], str(exc)) from None
     await ctx.note_cleanup("upload", None)
     return stored
 
 
-async def _upload_document(ctx: JobContext, storage: Storage, step: str, key: str,
+async def _upload_document(ctx: JobContext, storage: Storage, step: Step, key: str,
                            data: bytes) -> Stored:
     """A small document from memory through ``zstd | gpg`` into storage, as the dump goes: its
     plaintext never touches the disk."""

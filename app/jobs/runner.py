@@ -35,6 +35,7 @@ from app.jobs import repository as repo
 from app.jobs import summaries
 from app.jobs.schemas import Job
 from app.security import redact
+from app.steps import Step
 
 if TYPE_CHECKING:
     from app.lifespan import Services
@@ -62,7 +63,7 @@ class JobContext:
         self.requested_by: str = row["requested_by"]
         self.services = services
         self.log = log.bind(job_id=str(self.job_id), kind=self.kind, target=self.target)
-        self.phase = "starting"
+        self.phase: str = Step.STARTING
         self.bytes_done = 0
         self.bytes_total: int | None = None
         self.bytes_uploaded = 0
@@ -90,7 +91,7 @@ class JobContext:
         if bytes_total is not None:
             self.bytes_total = bytes_total
 
-    async def set_phase(self, phase: str, *, bytes_total: int | None = None) -> None:
+    async def set_phase(self, phase: Step | str, *, bytes_total: int | None = None) -> None:
         self._close_phase()
         if self.bytes_done or self.bytes_uploaded:
             self._last_stream = (self.bytes_done, self.bytes_total, self.bytes_uploaded)
@@ -134,7 +135,7 @@ class JobContext:
         async with self.services.pool.acquire() as conn:
             if not await repo.renew_if_held(conn, self.job_id, self.owner,
                                             self.services.settings.lease_seconds):
-                raise StepFailed("lease", "this worker lost the job's lease; another replica "
+                raise StepFailed(Step.LEASE, "this worker lost the job's lease; another replica "
                                           "has taken over its clean-up")
 
     async def note_cleanup(self, key: str, value: Any | None) -> None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from app.backup.manifest import TableRows
 from app.errors import StepFailed
 from app.integrations import pg_errors
+from app.steps import Step
 
 INVALID_INDEXES = """
 SELECT n.nspname AS schema, c.relname AS name, t.relname AS table
@@ -49,7 +50,7 @@ async def compare_rows(conn: Any, tables: list[TableRows]) -> dict[str, Any]:
         except asyncpg.UndefinedTableError:  # a table that did not come back is a mismatch
             rows, error = None, "missing"
         except asyncpg.PostgresError as exc:  # says nothing of the archive (a timeout, say)
-            raise StepFailed("count", f"counting {table.schema_}.{table.name} failed: "
+            raise StepFailed(Step.COUNT, f"counting {table.schema_}.{table.name} failed: "
                                       f"{pg_errors.describe(exc)}") from None
         checked += 1
         if rows != table.rows:

@@ -32,6 +32,7 @@ from app.errors import StepFailed
 from app.integrations import gpg, pg_tools
 from app.integrations.process import Pipeline, PipelineError, PipeWriter
 from app.integrations.storage import StorageError
+from app.steps import Step
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -148,9 +149,9 @@ async def fetch_object(ctx: JobContext, key: str, entry: mf.ArchiveObject, plain
             await asyncio.shield(pipeline.kill())
             raise
     except KeyError:
-        raise StepFailed("checksum", f"object {name} is missing from storage") from None
+        raise StepFailed(Step.CHECKSUM, f"object {name} is missing from storage") from None
     except StorageError as exc:
-        raise StepFailed("download", str(exc)) from None
+        raise StepFailed(Step.DOWNLOAD, str(exc)) from None
     finally:
         await feed.close()  # gpg is gone or done by now: a write still going ends (EPIPE)
         os.close(out)
@@ -158,19 +159,19 @@ async def fetch_object(ctx: JobContext, key: str, entry: mf.ArchiveObject, plain
             os.close(pass_r)
     if fed_all:  # the whole object went through: its hash decides first
         if size != entry.size_bytes:
-            raise StepFailed("checksum", f"object {name} is {size} bytes, the manifest says "
+            raise StepFailed(Step.CHECKSUM, f"object {name} is {size} bytes, the manifest says "
                                          f"{entry.size_bytes}: corrupt or truncated")
         if digest.hexdigest() != entry.sha256:
-            raise StepFailed("checksum", f"object {name} has SHA-256 {digest.hexdigest()[:16]}"
+            raise StepFailed(Step.CHECKSUM, f"object {name} has SHA-256 {digest.hexdigest()[:16]}"
                                          f"..., the manifest says {entry.sha256[:16]}...: "
                                          "corrupt or tampered with")
     if pipeline_error is not None:
         raise await _unpack_failure(status, pipeline_error)
     if not fed_all:
-        raise StepFailed("decrypt", f"gpg stopped reading {name} before its end")
+        raise StepFailed(Step.DECRYPT, f"gpg stopped reading {name} before its end")
     status_text = await asyncio.to_thread(status.read_text)
     if not gpg.decryption_succeeded(status_text):
-        raise StepFailed("decrypt", "gpg did not report a verified decryption (no "
+        raise StepFailed(Step.DECRYPT, "gpg did not report a verified decryption (no "
                                     "DECRYPTION_OKAY); the archive cannot be trusted")
 
 
@@ -186,26 +187,27 @@ async def _unpack_failure(status: Path, error: PipelineError) -> StepFailed:
     # lacks the subkey altogether); children run in the C locale, so the words are stable.
     no_key = "NO_SECKEY" in status_text or "No secret key" in str(error)
     if no_key and "DECRYPTION_OKAY" not in status_text:
-        return StepFailed("keys", "this replica's keyring holds no secret key for the archive's "
+        return StepFailed(Step.KEYS, "this replica's keyring holds no secret key for the archive's "
                                   f"recipients (PGVAULT_GPG_HOME): {error}")
     if "No space left on device" in str(error):
-        return StepFailed("unpack", f"the work directory is full: {error}")
-    return StepFailed("decrypt", str(error))
+        return StepFailed(Step.UNPACK, f"the work directory is full: {error}")
+    return StepFailed(Step.DECRYPT, str(error))
 
 
 async def fetch(ctx: JobContext, doc: mf.Manifest, workdir: Path) -> dict[str, Path]:
     """Download, decrypt and check every object; returns the plaintext files by kind."""
     if doc.compression not in ("zstd", None):
-        raise StepFailed("fetch", f"unsupported compression {doc.compression!r}")
+        raise StepFailed(Step.FETCH, f"unsupported compression {doc.compression!r}")
     prefix = mf.archive_prefix(doc.target, doc.backup_id)
     objects = doc.objects
-    await ctx.set_phase("download", bytes_total=sum(o.size_bytes for o in objects))
+    await ctx.set_phase(Step.DOWNLOAD, bytes_total=sum(o.size_bytes for o in objects))
     done = 0
     plain: dict[str, Path] = {}
     for entry in objects:
         key = entry.key
         if "/" in key or key.startswith("."):
-            raise StepFailed("checksum", f"manifest names an object outside the archive: {key!r}")
+            raise StepFailed(Step.CHECKSUM,
+                             f"manifest names an object outside the archive: {key!r}")
         kind = entry.kind or key
 
         def progress(n: int, base: int = done) -> None:

@@ -48,6 +48,7 @@ from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import Pipeline, PipelineError, PipeWriter, run
 from app.integrations.target_db import connect_target
 from app.restore import old_archives
+from app.steps import Step
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -153,7 +154,7 @@ def archive_schemas(doc: Manifest) -> list[str] | None:
 def archive_schemaless_objects(doc: Manifest) -> list[dict[str, Any]]:
     """As the drop statements' SQL reads them: ``{"type": ..., "names": [...]}``."""
     if unknown := {o.type for o in doc.schemaless_objects} - SCHEMALESS_TYPES:
-        raise StepFailed("restore in place", "the manifest names schema-less objects of an "
+        raise StepFailed(Step.RESTORE_IN_PLACE, "the manifest names schema-less objects of an "
                          f"unknown type ({', '.join(sorted(unknown))})")
     return [{"type": o.type, "names": o.names} for o in doc.schemaless_objects]
 
@@ -170,7 +171,7 @@ async def _large_objects_sql(tools: RestoreTools, dump: Path, toc: str) -> str:
         script = await run(pg_tools.pg_restore_selection_stage(tools.pg_restore, dump,
                                                                selection))
     except PipelineError as exc:
-        raise StepFailed("pg_restore --use-list", str(exc)) from None
+        raise StepFailed(Step.PG_RESTORE_USE_LIST, str(exc)) from None
     oids = sorted({int(o) for o in _LO_CREATE.findall(script)})
     if not oids:
         return ""
@@ -180,11 +181,11 @@ async def _large_objects_sql(tools: RestoreTools, dump: Path, toc: str) -> str:
 
 async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
                            doc: Manifest, tools: RestoreTools) -> None:
-    await ctx.set_phase("restore")
+    await ctx.set_phase(Step.RESTORE)
     try:
         toc = (await run(pg_tools.pg_restore_list_stage(tools.pg_restore, dump))).decode()
     except PipelineError as exc:
-        raise StepFailed("pg_restore --list", str(exc)) from None
+        raise StepFailed(Step.PG_RESTORE_LIST, str(exc)) from None
     schemas = archive_schemas(doc)
     if schemas is None:
         schemas = await old_archives.schemas_from_server(ctx, dsn, dump, toc, doc, tools)
@@ -204,7 +205,7 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     finally:
         await conn.close()
     if dependents:
-        raise StepFailed("restore in place", "objects outside the archive depend on what it "
+        raise StepFailed(Step.RESTORE_IN_PLACE, "objects outside the archive depend on what it "
                          f"replaces and would be dropped: {', '.join(dependents[:10])}; "
                          "restore into a new database instead")
     if "public" in schemas:
@@ -265,7 +266,7 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
         except PipelineError as exc:
             # pg_restore failed: kill psql before its input ends, so nothing is committed.
             await asyncio.shield(psql.kill())
-            raise StepFailed("restore in place (rolled back)", str(exc)) from None
+            raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK, str(exc)) from None
         waiter = asyncio.ensure_future(ready.wait())
         try:
             await asyncio.wait([waiter, output], return_when=asyncio.FIRST_COMPLETED)
@@ -276,8 +277,8 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
             try:
                 await psql.wait()
             except PipelineError as exc:
-                raise StepFailed("restore in place (rolled back)", str(exc)) from None
-            raise StepFailed("restore in place (rolled back)", "psql ended before the COMMIT")
+                raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK, str(exc)) from None
+            raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK, "psql ended before the COMMIT")
     except BaseException:
         await asyncio.shield(_kill_all(psql, restore))
         if output is not None:
@@ -312,7 +313,7 @@ async def _commit(psql: Pipeline, feed: PipeWriter, output: asyncio.Task[None]) 
             await asyncio.wait_for(asyncio.shield(outcome), COMMIT_SETTLE_S)
         except TimeoutError:
             await asyncio.shield(psql.kill())
-            raise StepFailed("restore in place", "cancelled while the COMMIT was in progress, "
+            raise StepFailed(Step.RESTORE_IN_PLACE, "cancelled while the COMMIT was in progress, "
                              f"which did not end within {COMMIT_SETTLE_S:.0f} s: whether the "
                              "target holds the archive's data is unknown; check it") from None
         except PipelineError:
@@ -320,7 +321,7 @@ async def _commit(psql: Pipeline, feed: PipeWriter, output: asyncio.Task[None]) 
         asyncio.current_task().uncancel()  # type: ignore[union-attr]
         return
     except PipelineError as exc:
-        raise StepFailed("restore in place (rolled back)", str(exc)) from None
+        raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK, str(exc)) from None
     finally:
         output.cancel()
         await feed.close()
@@ -348,7 +349,7 @@ def _without_commit(tail: bytes) -> bytes:
     after = tail[at + len(b"\nCOMMIT;\n"):] if at >= 0 else b""
     if at < 0 or any(line.strip() and not line.startswith((b"--", b"\\unrestrict "))
                      for line in after.splitlines()):
-        raise StepFailed("restore in place (rolled back)",
+        raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK,
                          "pg_restore's script did not end with its COMMIT")
     return tail[:at + 1] + after
 

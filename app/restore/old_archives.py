@@ -25,6 +25,7 @@ from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target
 from app.restore import databases
+from app.steps import Step
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -44,7 +45,7 @@ ORDER BY 1"""
 async def schemas_from_server(ctx: JobContext, dsn: PgDsn, dump: Path, toc: str,
                               doc: Manifest, tools: RestoreTools) -> list[str]:
     if pg_tools.toc_entries(toc, *SCHEMALESS_TOC_TYPES):
-        raise StepFailed("restore in place", f"archive {doc.backup_id} predates the "
+        raise StepFailed(Step.RESTORE_IN_PLACE, f"archive {doc.backup_id} predates the "
                          "manifest's list of schema-less objects (casts, publications, servers, "
                          "...) and holds some, so what an in-place restore would replace is not "
                          "known exactly; restore it into a new database (mode new_database)")
@@ -67,7 +68,7 @@ async def _restore_and_read(ctx: JobContext, dsn: PgDsn, dump: Path, selection: 
             await databases.create(conn, scratch, encoding=doc.database_encoding,
                                    collate=doc.database_collate, ctype=doc.database_ctype)
         except asyncpg.PostgresError as exc:
-            raise StepFailed("restore in place", "cannot create a scratch database to name the "
+            raise StepFailed(Step.RESTORE_IN_PLACE, "cannot create a scratch database to name the "
                              f"schemas of archive {doc.backup_id}, which predates their "
                              f"list in its manifest ({type(exc).__name__}, SQLSTATE "
                              f"{exc.sqlstate}); restore it into a new database instead") from None
@@ -78,7 +79,7 @@ async def _restore_and_read(ctx: JobContext, dsn: PgDsn, dump: Path, selection: 
             await run(pg_tools.pg_restore_definitions_stage(tools.pg_restore, dsn, scratch, dump,
                                                              selection))
         except PipelineError as exc:
-            raise StepFailed("pg_restore --use-list", str(exc)) from None
+            raise StepFailed(Step.PG_RESTORE_USE_LIST, str(exc)) from None
         conn = await connect_target(dsn, scratch)
         try:
             return [r["nspname"] for r in await conn.fetch(SCRATCH_SCHEMAS)]

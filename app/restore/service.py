@@ -39,6 +39,7 @@ from app.restore import checks, database_properties, databases, fetch
 from app.restore import globals as globals_
 from app.restore.in_place import replace_in_place
 from app.restore.tools import archive_reader, restore_tools
+from app.steps import Step
 
 if TYPE_CHECKING:
     from app.jobs.runner import JobContext
@@ -62,12 +63,12 @@ async def _manifest(ctx: JobContext) -> Manifest:
         return await load_manifest(ctx.services, ctx.target, ctx.params["backup_id"],
                                    fresh=True)
     except (NotFound, ArchiveUnreadable) as exc:
-        raise StepFailed("manifest", exc.detail) from None
+        raise StepFailed(Step.MANIFEST, exc.detail) from None
 
 
 async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
                       doc: Manifest, *, jobs: int, tools: RestoreTools) -> None:
-    await ctx.set_phase("restore")
+    await ctx.set_phase(Step.RESTORE)
     passes: list[tuple[str, ...]] = [()]
     if jobs > 1 and doc.not_valid_constraints:
         # A parallel pg_restore may add a NOT VALID constraint (post-data) before rows that
@@ -79,12 +80,12 @@ async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
             await run(pg_tools.pg_restore_stage(tools.use(tools.pg_restore), dsn, database, dump,
                                                 jobs=jobs, sections=sections))
     except PipelineError as exc:
-        raise StepFailed("pg_restore", str(exc)) from None
+        raise StepFailed(Step.PG_RESTORE, str(exc)) from None
 
 
 async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path,
                          tools: RestoreTools) -> dict[str, Any]:
-    await ctx.set_phase("globals")
+    await ctx.set_phase(Step.GLOBALS)
     conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
     try:
         existing = {name: quoted for name, quoted, _ in await databases.roles(conn)}
@@ -98,7 +99,7 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path,
         await run(pg_tools.psql_stage(tools.use(tools.psql), dsn, dsn.database, filtered,
                                       single_transaction=True))
     except PipelineError as exc:
-        raise StepFailed("globals", str(exc)) from None
+        raise StepFailed(Step.GLOBALS, str(exc)) from None
     conn = await connect_target(dsn)
     try:  # what the script created, as the server names it now
         created, login = globals_.created_roles(plan.sql, await databases.roles(conn), existing)
@@ -125,7 +126,7 @@ async def _database_properties(ctx: JobContext, dsn: PgDsn, database: str,
         return {"status": "not recorded", "applied": [], "skipped": []}
     if in_place and not asked:
         return {"status": "not requested", "applied": [], "skipped": []}
-    await ctx.set_phase("database properties")
+    await ctx.set_phase(Step.DATABASE_PROPERTIES)
     try:  # the data is in by now: a failure here is reported, never undoes it
         conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
         try:
@@ -142,7 +143,7 @@ async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
                         doc: Manifest) -> dict[str, Any]:
     """The runbook's post-restore steps. The data is restored by now: a step that fails is
     reported in ``errors`` (and fails the row check when it is the count), never undoes it."""
-    await ctx.set_phase("post-restore")
+    await ctx.set_phase(Step.POST_RESTORE)
     errors: list[str] = []
     found: dict[str, Any] = {}
     steps = {
@@ -200,7 +201,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 # leaves them (they may be in use by then), and says which they are.
                 ctx.result["roles_created"] = roles["created"]
             if not in_place:
-                await ctx.set_phase("create database")
+                await ctx.set_phase(Step.CREATE_DATABASE)
                 conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
 
                 async def create() -> None:
@@ -315,11 +316,11 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     async with fetch.scratch_dir(ctx) as workdir:
         plain = await fetch.fetch(ctx, doc, workdir)
         result["objects_checked"] = len(doc.objects)
-        await ctx.set_phase("table of contents")
+        await ctx.set_phase(Step.TABLE_OF_CONTENTS)
         try:
             toc = await run(pg_tools.pg_restore_list_stage(reader, plain["database"]))
         except PipelineError as exc:
-            raise StepFailed("pg_restore --list", str(exc)) from None
+            raise StepFailed(Step.PG_RESTORE_LIST, str(exc)) from None
         result["toc_entries"] = sum(1 for line in toc.decode().splitlines()
                                     if line and not line.startswith(";"))
         if tools is not None:
@@ -327,7 +328,7 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
             result["scratch_database"] = scratch
             await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
             try:
-                await ctx.set_phase("create database")
+                await ctx.set_phase(Step.CREATE_DATABASE)
                 conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
                 try:
                     await uninterrupted(_create_database(conn, scratch, doc))
@@ -335,7 +336,7 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
                     await conn.close()
                 await _pg_restore(ctx, dsn, scratch, plain["database"], doc, jobs=2, tools=tools)
                 result["tools"] = tools.used.as_dict()
-                await ctx.set_phase("compare")
+                await ctx.set_phase(Step.COMPARE)
                 conn = await connect_target(dsn, scratch, settings=SESSION_DEFAULTS)
                 try:
                     result["row_counts"] = await checks.compare_rows(conn, doc.tables)
@@ -362,7 +363,7 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     if problems:
         # Rows that differ from the manifest condemn the archive ("compare"); an invalid index or
         # a NOT VALID constraint may have come from the source itself ("checks").
-        raise StepFailed("compare" if not result["row_counts"]["ok"] else "checks",
+        raise StepFailed(Step.COMPARE if not result["row_counts"]["ok"] else Step.CHECKS,
                          "; ".join(problems))
     summary = (f"{level} verification of {doc.backup_id} passed: "
                f"{result['objects_checked']} object(s), {result['toc_entries']} TOC entries"
@@ -401,10 +402,10 @@ async def _create_database(conn: Any, name: str, doc: Manifest) -> None:
         await databases.create(conn, name, encoding=doc.database_encoding,
                                collate=doc.database_collate, ctype=doc.database_ctype)
     except asyncpg.DuplicateDatabaseError:
-        raise StepFailed("create database", f"database {name} already exists; pick another "
+        raise StepFailed(Step.CREATE_DATABASE, f"database {name} already exists; pick another "
                                             "name or drop it first") from None
     except asyncpg.PostgresError as exc:
-        raise StepFailed("create database", f"cannot create {name} with the source's encoding "
+        raise StepFailed(Step.CREATE_DATABASE, f"cannot create {name} with the source's encoding "
                          f"and locale: {pg_errors.describe(exc)}") from None
 
 

@@ -21,8 +21,7 @@ from app.integrations.pg_clients import (
     archive_major,
 )
 from app.integrations.target_db import connect_target
-
-STEP = "client programs"
+from app.steps import Step
 
 
 async def restore_tools(clients: PgClients, dsn: PgDsn, doc: Manifest) -> RestoreTools:
@@ -36,7 +35,7 @@ async def restore_tools(clients: PgClients, dsn: PgDsn, doc: Manifest) -> Restor
     try:
         return RestoreTools.choose(clients, major, archive_major(doc.pg_dump_version))
     except NoFittingClient as exc:
-        raise StepFailed(STEP, str(exc)) from None
+        raise StepFailed(Step.CLIENT_PROGRAMS, str(exc)) from None
 
 
 def archive_reader(clients: PgClients, doc: Manifest) -> Client:
@@ -45,4 +44,4 @@ def archive_reader(clients: PgClients, doc: Manifest) -> Client:
     try:
         return clients.choose("pg_restore", major, archive_major=major)
     except NoFittingClient as exc:
-        raise StepFailed(STEP, str(exc)) from None
+        raise StepFailed(Step.CLIENT_PROGRAMS, str(exc)) from None
