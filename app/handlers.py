@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.archives.retention import run_retention
-from app.backup.service import cleanup_backup, run_backup
+from app.backup.command import cleanup_backup, run_backup
 from app.jobs.runner import Cleanup, Handler
 from app.maintenance.service import run_maintenance
 from app.restore.service import cleanup_restore, cleanup_verify, run_restore, run_verify
