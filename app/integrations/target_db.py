@@ -62,7 +62,7 @@ async def connect_target(dsn: PgDsn, database: str | None = None, timeout: float
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = pg_errors.describe_for(exc, dsn, database)
         raise StepFailed(Step.CONNECT, f"cannot connect to {dsn.host}:{dsn.port}/"
-                                    f"{database or dsn.database}: {reason}") from None
+                                       f"{database or dsn.database}: {reason}") from None
 
 
 async def uninterrupted(awaitable: Awaitable[T]) -> T:

@@ -136,7 +136,7 @@ class JobContext:
             if not await repo.renew_if_held(conn, self.job_id, self.owner,
                                             self.services.settings.lease_seconds):
                 raise StepFailed(Step.LEASE, "this worker lost the job's lease; another replica "
-                                          "has taken over its clean-up")
+                                             "has taken over its clean-up")
 
     async def note_cleanup(self, key: str, value: Any | None) -> None:
         """Record (or, with ``None``, forget) something the reaper must undo if we die."""

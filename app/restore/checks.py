@@ -51,7 +51,7 @@ async def compare_rows(conn: Any, tables: list[TableRows]) -> dict[str, Any]:
             rows, error = None, "missing"
         except asyncpg.PostgresError as exc:  # says nothing of the archive (a timeout, say)
             raise StepFailed(Step.COUNT, f"counting {table.schema_}.{table.name} failed: "
-                                      f"{pg_errors.describe(exc)}") from None
+                                         f"{pg_errors.describe(exc)}") from None
         checked += 1
         if rows != table.rows:
             mismatches.append({"schema": table.schema_, "name": table.name,

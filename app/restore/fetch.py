@@ -160,11 +160,11 @@ async def fetch_object(ctx: JobContext, key: str, entry: mf.ArchiveObject, plain
     if fed_all:  # the whole object went through: its hash decides first
         if size != entry.size_bytes:
             raise StepFailed(Step.CHECKSUM, f"object {name} is {size} bytes, the manifest says "
-                                         f"{entry.size_bytes}: corrupt or truncated")
+                                            f"{entry.size_bytes}: corrupt or truncated")
         if digest.hexdigest() != entry.sha256:
             raise StepFailed(Step.CHECKSUM, f"object {name} has SHA-256 {digest.hexdigest()[:16]}"
-                                         f"..., the manifest says {entry.sha256[:16]}...: "
-                                         "corrupt or tampered with")
+                                            f"..., the manifest says {entry.sha256[:16]}...: "
+                                            "corrupt or tampered with")
     if pipeline_error is not None:
         raise await _unpack_failure(status, pipeline_error)
     if not fed_all:
@@ -172,7 +172,7 @@ async def fetch_object(ctx: JobContext, key: str, entry: mf.ArchiveObject, plain
     status_text = await asyncio.to_thread(status.read_text)
     if not gpg.decryption_succeeded(status_text):
         raise StepFailed(Step.DECRYPT, "gpg did not report a verified decryption (no "
-                                    "DECRYPTION_OKAY); the archive cannot be trusted")
+                                       "DECRYPTION_OKAY); the archive cannot be trusted")
 
 
 async def _unpack_failure(status: Path, error: PipelineError) -> StepFailed:
@@ -188,7 +188,7 @@ async def _unpack_failure(status: Path, error: PipelineError) -> StepFailed:
     no_key = "NO_SECKEY" in status_text or "No secret key" in str(error)
     if no_key and "DECRYPTION_OKAY" not in status_text:
         return StepFailed(Step.KEYS, "this replica's keyring holds no secret key for the archive's "
-                                  f"recipients (PGVAULT_GPG_HOME): {error}")
+                                     f"recipients (PGVAULT_GPG_HOME): {error}")
     if "No space left on device" in str(error):
         return StepFailed(Step.UNPACK, f"the work directory is full: {error}")
     return StepFailed(Step.DECRYPT, str(error))

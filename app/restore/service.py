@@ -403,7 +403,7 @@ async def _create_database(conn: Any, name: str, doc: Manifest) -> None:
                                collate=doc.database_collate, ctype=doc.database_ctype)
     except asyncpg.DuplicateDatabaseError:
         raise StepFailed(Step.CREATE_DATABASE, f"database {name} already exists; pick another "
-                                            "name or drop it first") from None
+                                               "name or drop it first") from None
     except asyncpg.PostgresError as exc:
         raise StepFailed(Step.CREATE_DATABASE, f"cannot create {name} with the source's encoding "
                          f"and locale: {pg_errors.describe(exc)}") from None
