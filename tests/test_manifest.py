@@ -147,3 +147,20 @@ def test_the_model_keeps_every_field_it_reads_and_defaults_what_old_manifests_la
     assert parsed.subscriptions == [] and parsed.schemaless_objects == []
     assert parsed.exclude_schemas == [] and parsed.tools.as_dict() == {}
     assert parsed.tables[0].schema_ == "a b" and parsed.tables[0].rows is None
+
+
+def test_a_manifest_whose_fields_a_restore_would_trip_on_is_unreadable_up_front() -> None:
+    """The model's validation is the verdict: a field of the wrong shape names itself, as the
+    archive's reason, instead of failing a restore half-way (a table list that is text)."""
+    import pytest
+
+    from app.archives.service import ArchiveUnreadable, _check_manifest
+
+    bid = "20200101T000000Z-aaaaaa"
+    good = {"backup_id": bid, "target": "t", "objects": [], "tables": []}
+    assert _check_manifest(json.dumps(good).encode(), "t", bid).backup_id == bid
+    for bad, reason in [({"tables": "public.t"}, "malformed fields: tables"),
+                        ({"objects": [{"key": "x"}]}, "malformed fields: objects"),
+                        ({"target": "u"}, "names another archive")]:
+        with pytest.raises(ArchiveUnreadable, match=reason):
+            _check_manifest(json.dumps({**good, **bad}).encode(), "t", bid)
