@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.steps import Step
+
 log = structlog.get_logger("pgvault.errors")
 
 PROBLEM = "application/problem+json"
@@ -93,7 +95,9 @@ class StepFailed(PgVaultError):
 
     title, slug = "Step failed", "step-failed"
 
-    def __init__(self, step: str, detail: str) -> None:
+    def __init__(self, step: Step | str, detail: str) -> None:
+        """``step``: a :class:`~app.steps.Step`; text only for a step named by its object
+        (maintenance's ``refresh <view>``)."""
         super().__init__(f"{step}: {detail}")
         self.step = step
         self.cause = detail

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from cachetools import LRUCache
 
+from app.backup.manifest import Manifest
 from app.config import Settings
 from app.integrations.pg_clients import PgClients
 from app.integrations.storage import Storage
@@ -63,12 +64,12 @@ class ManifestCache:
     MAX_ENTRIES = 5000
 
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
-        self._docs: LRUCache[str, dict[str, Any]] = LRUCache(maxsize=max_entries)
+        self._docs: LRUCache[str, Manifest] = LRUCache(maxsize=max_entries)
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> Manifest | None:
         return self._docs.get(key)
 
-    def put(self, key: str, doc: dict[str, Any]) -> None:
+    def put(self, key: str, doc: Manifest) -> None:
         self._docs[key] = doc
 
     def forget(self, key: str) -> None:

@@ -18,6 +18,7 @@ from app.archives.schemas import Archive
 from app.archives.service import catalogue, deletions_locked, is_good, remove_archive
 from app.jobs import repository as jobs_repo
 from app.jobs.context import JobContext
+from app.steps import Step
 
 
 def plan(archives: list[Archive], *, now: datetime, retention_days: int, min_backups: int,
@@ -56,7 +57,7 @@ async def run_retention(ctx: JobContext) -> tuple[dict[str, Any], str]:
     dry_run = bool(ctx.params.get("dry_run"))
     now = datetime.now(UTC)
     grace = timedelta(hours=settings.incomplete_grace_hours)
-    await ctx.set_phase("plan")
+    await ctx.set_phase(Step.PLAN)
     async with deletions_locked(services, ctx.target):
         return await _apply(ctx, dry_run, now, grace)
 
@@ -80,7 +81,7 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
                if u.started < now - grace
                and not (busy_prefix and u.key.startswith(busy_prefix))]
     if not dry_run:
-        await ctx.set_phase("delete", bytes_total=len(delete))
+        await ctx.set_phase(Step.DELETE, bytes_total=len(delete))
         for i, item in enumerate(delete, 1):
             await remove_archive(services, ctx.target, item["backup_id"])
             ctx.progress(bytes_done=i)

@@ -7,12 +7,9 @@ import contextlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Any
-from uuid import UUID
 
 import structlog
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from app import pagination
 from app.archives.schemas import Archive, ArchiveDetail, ArchiveList, Verification
@@ -25,30 +22,13 @@ from app.integrations.storage.base import key_parts
 from app.jobs import repository as jobs_repo
 from app.resources import Resources
 from app.security import Principal
+from app.steps import DAMAGE_STEPS, Step
 
 log = structlog.get_logger("pgvault.archives")
 
 
 class ArchiveUnreadable(Conflict):
     """The archive's manifest cannot be trusted: never restored, never counted as good."""
-
-
-class _ManifestObject(BaseModel):
-    key: str
-    size_bytes: int
-    sha256: str
-
-
-class _ManifestHead(BaseModel):
-    """The manifest fields the catalogue shows, checked before any of them is used."""
-
-    backup_id: str
-    target: str
-    finished_at: datetime | None = None
-    label: str | None = None
-    job_id: UUID | None = None
-    database_size_bytes: int | None = None
-    objects: list[_ManifestObject] = Field(default_factory=list)
 
 
 def _storage_failed(step: str, detail: str, exc: StorageError) -> StepFailed:
@@ -58,7 +38,7 @@ def _storage_failed(step: str, detail: str, exc: StorageError) -> StepFailed:
     return StorageUnavailable(step, detail)
 
 
-def _check_manifest(raw: bytes, target: str, backup_id: str) -> dict[str, Any]:
+def _check_manifest(raw: bytes, target: str, backup_id: str) -> mf.Manifest:
     """The parsed manifest; :class:`ArchiveUnreadable` with the reason when it is not one this
     archive can be restored from."""
     try:
@@ -73,22 +53,22 @@ def _check_manifest(raw: bytes, target: str, backup_id: str) -> dict[str, Any]:
             f"({str(doc.get('target'))[:64]!r}, {str(doc.get('backup_id'))[:64]!r}): "
             "copied or moved by hand?")
     try:
-        head = _ManifestHead.model_validate(doc)
+        manifest = mf.Manifest.model_validate(doc)
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in e["loc"][:1]) for e in exc.errors()})
         raise ArchiveUnreadable(f"the manifest of {backup_id} has malformed fields: "
                                 f"{', '.join(fields)}") from None
-    for obj in head.objects:
+    for obj in manifest.objects:
         try:
             key_parts(obj.key)
         except StorageError:
             raise ArchiveUnreadable(f"the manifest of {backup_id} lists an object outside its "
                                     f"archive folder ({obj.key[:100]!r})") from None
-    return doc
+    return manifest
 
 
 async def load_manifest(services: Resources, target: str, backup_id: str, *,
-                        fresh: bool = False) -> dict[str, Any]:
+                        fresh: bool = False) -> mf.Manifest:
     """The archive's manifest; :class:`NotFound` when there is none (incomplete or absent),
     :class:`ArchiveUnreadable` (409) when it cannot be trusted, :class:`StorageUnavailable` (503)
     when storage cannot be read.
@@ -106,13 +86,13 @@ async def load_manifest(services: Resources, target: str, backup_id: str, *,
     except StorageRefused as exc:
         raise ArchiveUnreadable(str(exc)) from None
     except StorageError as exc:
-        raise _storage_failed("read manifest", str(exc), exc) from None
+        raise _storage_failed(Step.READ_MANIFEST, str(exc), exc) from None
     doc = _check_manifest(raw, target, backup_id)
     services.manifests.put(key, doc)
     return doc
 
 
-async def usable_manifest(services: Resources, target: str, backup_id: str) -> dict[str, Any]:
+async def usable_manifest(services: Resources, target: str, backup_id: str) -> mf.Manifest:
     """The manifest of an archive a restore or verification may read, fresh from storage:
     :class:`NotFound` without one, :class:`ArchiveUnreadable` (409) when it cannot be trusted
     or its objects are not files pgvault wrote (links)."""
@@ -120,7 +100,7 @@ async def usable_manifest(services: Resources, target: str, backup_id: str) -> d
     try:
         objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
     except StorageError as exc:
-        raise _storage_failed("list archive", str(exc), exc) from None
+        raise _storage_failed(Step.LIST_ARCHIVE, str(exc), exc) from None
     archive = _archive(target, backup_id, objects, doc, None)
     if archive.reason is not None:
         raise ArchiveUnreadable(f"archive {backup_id} is unreadable: {archive.reason}")
@@ -131,7 +111,7 @@ async def _scan(services: Resources, target: str) -> dict[str, list[ObjectInfo]]
     try:
         objects = await services.storage.list_objects(f"{target}/")
     except StorageError as exc:
-        raise _storage_failed("list archives", str(exc), exc) from None
+        raise _storage_failed(Step.LIST_ARCHIVES, str(exc), exc) from None
     grouped: dict[str, list[ObjectInfo]] = defaultdict(list)
     for obj in objects:
         parts = obj.key.split("/")
@@ -150,13 +130,8 @@ def _dated(backup_id: str) -> bool:
     return True
 
 
-# Steps whose failure proves the archive broken; any other (storage unreachable, a worker lost,
-# no room for a scratch database) says nothing about it.
-DAMAGE_STEPS = frozenset({"checksum", "decrypt", "pg_restore --list", "compare"})
-
-
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
-             doc: dict[str, Any] | str | None, verification: Verification | None) -> Archive:
+             doc: mf.Manifest | str | None, verification: Verification | None) -> Archive:
     """``doc``: the manifest, None when there is none, or why it is unreadable."""
     size = sum(o.size for o in objects if o.usable and not o.key.endswith(mf.MANIFEST))
     foreign = [o.key.split("/", 2)[-1] for o in objects if not o.usable]
@@ -164,26 +139,26 @@ def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
     if reason is None and foreign:
         reason = (f"{', '.join(foreign[:3])} {'is' if len(foreign) == 1 else 'are'} not a "
                   "regular file (a link?): not written by pgvault")
-    manifest = doc if isinstance(doc, dict) else None
+    manifest = doc if isinstance(doc, mf.Manifest) else None
     # Complete: a manifest, and every object it lists present at its size (a manifest that
     # outlived its objects, or an object cut short, is no backup).
     stored = {o.key.split("/", 2)[-1]: o.size for o in objects if o.usable}
     complete = reason is None and manifest is not None and all(
-        stored.get(obj["key"]) == obj["size_bytes"] for obj in manifest.get("objects") or [])
+        stored.get(obj.key) == obj.size_bytes for obj in manifest.objects)
     status = "unreadable" if reason else "complete" if complete else "incomplete"
     return Archive(
         backup_id=backup_id, target=target, created_at=mf.backup_time(backup_id),
-        finished_at=manifest.get("finished_at") if manifest else None,
+        finished_at=manifest.finished_at if manifest else None,
         size_bytes=size, complete=complete, status=status, reason=reason,
-        label=manifest.get("label") if manifest else None,
-        job_id=manifest.get("job_id") if manifest else None,
-        database_size_bytes=manifest.get("database_size_bytes") if manifest else None,
+        label=manifest.label if manifest else None,
+        job_id=manifest.job_id if manifest else None,
+        database_size_bytes=manifest.database_size_bytes if manifest else None,
         verification=verification,
     )
 
 
 async def _manifest_or_reason(services: Resources, target: str,
-                              backup_id: str) -> dict[str, Any] | str | None:
+                              backup_id: str) -> mf.Manifest | str | None:
     """The manifest, None when there is none, or why it cannot be used: one bad archive shows
     as unreadable instead of failing the whole listing."""
     try:
@@ -197,7 +172,8 @@ async def _manifest_or_reason(services: Resources, target: str,
 async def _verifications(services: Resources, target: str,
                          backup_ids: list[str]) -> dict[str, Verification]:
     async with services.pool.acquire() as conn:
-        rows = await jobs_repo.last_verifications(conn, target, backup_ids, sorted(DAMAGE_STEPS))
+        rows = await jobs_repo.last_verifications(conn, target, backup_ids,
+                                                  [str(s) for s in sorted(DAMAGE_STEPS)])
     found: dict[str, Verification] = {}
     for r in rows:
         try:
@@ -218,7 +194,7 @@ async def catalogue(services: Resources, target: str) -> list[Archive]:
     complete = [b for b in ids if any(o.key.endswith("/" + mf.MANIFEST) for o in grouped[b])]
     sem = asyncio.Semaphore(8)
 
-    async def load(backup_id: str) -> tuple[str, dict[str, Any] | str | None]:
+    async def load(backup_id: str) -> tuple[str, mf.Manifest | str | None]:
         async with sem:
             return backup_id, await _manifest_or_reason(services, target, backup_id)
 
@@ -247,8 +223,8 @@ async def get_archive(services: Resources, target: str, backup_id: str) -> Archi
     checks = await _verifications(services, target, [backup_id])
     archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id))
     return ArchiveDetail(**archive.model_dump(),
-                         manifest=doc if isinstance(doc, dict) and archive.reason is None
-                         else None)
+                         manifest=doc.as_stored()
+                         if isinstance(doc, mf.Manifest) and archive.reason is None else None)
 
 
 def is_good(archive: Archive) -> bool:
@@ -312,4 +288,4 @@ async def remove_archive(services: Resources, target: str, backup_id: str) -> No
         services.manifests.forget(key)
         await services.storage.delete([o.key for o in objects if o.key != key])
     except StorageError as exc:
-        raise _storage_failed("delete archive", f"archive {backup_id}: {exc}", exc) from None
+        raise _storage_failed(Step.DELETE_ARCHIVE, f"archive {backup_id}: {exc}", exc) from None

@@ -5,9 +5,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.backup import service
 from app.dependencies import Operator, ServicesDep, TargetName, known_target
 from app.errors import problem_response
-from app.jobs import service as jobs
 from app.jobs.schemas import Job
 
 router = APIRouter(prefix="/v1/targets", tags=["backups"])
@@ -37,8 +37,8 @@ async def start_backup(target: TargetName, services: ServicesDep, caller: Operat
                                        Body(openapi_examples=BACKUP_EXAMPLES)] = None) -> Job:
     """Start a backup of the target; follow it at the job's Location."""
     known_target(services, target)
-    params = {"label": body.label} if body and body.label else {}
-    job = await jobs.create(services, caller, kind="backup", target=target, params=params,
-                            summary=f"backup of {target} queued", idempotency_key=idempotency_key)
+    job = await service.start_backup(services, caller, target,
+                                     label=body.label if body else None,
+                                     idempotency_key=idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job

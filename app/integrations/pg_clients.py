@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+
 PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _VERSION_RE = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
@@ -164,6 +166,31 @@ def archive_major(pg_dump_version: str | None) -> int:
     return parsed[0] if parsed else 0
 
 
+class ToolVersions(BaseModel):
+    """The client programs a job used, with versions (``{"pg_dump": "15.20", ...}``): the
+    ``tools`` of a manifest and of a job's result. Only the programs used appear (a None is left
+    out when written), and an unknown program (a newer pgvault's) is kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pg_dump: str | None = None
+    pg_dumpall: str | None = None
+    pg_restore: str | None = None
+    psql: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _used_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, str]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def record(self, client: Client) -> None:
+        setattr(self, client.program, client.version)
+
+    def as_dict(self) -> dict[str, str]:
+        """As a job's result stores it."""
+        dumped: dict[str, str] = self.model_dump(mode="json")
+        return dumped
+
+
 @dataclass
 class RestoreTools:
     """The pg_restore and psql one restore or verification uses against one server, chosen at
@@ -172,7 +199,7 @@ class RestoreTools:
     pg_restore: Client
     psql: Client
     server_major: int
-    used: dict[str, str] = field(default_factory=dict)
+    used: ToolVersions = field(default_factory=ToolVersions)
 
     @classmethod
     def choose(cls, clients: PgClients, server_major: int, archive: int) -> RestoreTools:
@@ -180,7 +207,7 @@ class RestoreTools:
                    psql=clients.choose("psql", server_major), server_major=server_major)
 
     def use(self, client: Client) -> Client:
-        self.used[client.program] = client.version
+        self.used.record(client)
         return client
 
     @property
@@ -188,3 +215,4 @@ class RestoreTools:
         """A newer pg_restore writes a script for its own major: settings it SETs (17's
         ``transaction_timeout``) may not exist on the destination."""
         return self.pg_restore.major > self.server_major
+

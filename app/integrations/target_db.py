@@ -27,6 +27,7 @@ import structlog
 from app.config import PgDsn
 from app.errors import StepFailed
 from app.integrations import pg_errors
+from app.steps import Step
 
 log = structlog.get_logger("pgvault.target_db")
 
@@ -60,8 +61,8 @@ async def connect_target(dsn: PgDsn, database: str | None = None, timeout: float
                                                       "application_name": application_name()})
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = pg_errors.describe_for(exc, dsn, database)
-        raise StepFailed("connect", f"cannot connect to {dsn.host}:{dsn.port}/"
-                                    f"{database or dsn.database}: {reason}") from None
+        raise StepFailed(Step.CONNECT, f"cannot connect to {dsn.host}:{dsn.port}/"
+                                       f"{database or dsn.database}: {reason}") from None
 
 
 async def uninterrupted(awaitable: Awaitable[T]) -> T:

@@ -18,6 +18,7 @@ from app.integrations.target_db import job_application_name
 from app.jobs import repository as repo
 from app.jobs import summaries
 from app.resources import Resources
+from app.steps import Step
 
 log = structlog.get_logger("pgvault.jobs")
 
@@ -39,7 +40,7 @@ class JobContext:
         self.requested_by: str = row["requested_by"]
         self.services = services
         self.log = log.bind(job_id=str(self.job_id), kind=self.kind, target=self.target)
-        self.phase = "starting"
+        self.phase: str = Step.STARTING
         self.bytes_done = 0
         self.bytes_total: int | None = None
         self.bytes_uploaded = 0
@@ -67,7 +68,7 @@ class JobContext:
         if bytes_total is not None:
             self.bytes_total = bytes_total
 
-    async def set_phase(self, phase: str, *, bytes_total: int | None = None) -> None:
+    async def set_phase(self, phase: Step | str, *, bytes_total: int | None = None) -> None:
         self._close_phase()
         if self.bytes_done or self.bytes_uploaded:
             self._last_stream = (self.bytes_done, self.bytes_total, self.bytes_uploaded)
@@ -111,8 +112,8 @@ class JobContext:
         async with self.services.pool.acquire() as conn:
             if not await repo.renew_if_held(conn, self.job_id, self.owner,
                                             self.services.settings.lease_seconds):
-                raise StepFailed("lease", "this worker lost the job's lease; another replica "
-                                          "has taken over its clean-up")
+                raise StepFailed(Step.LEASE, "this worker lost the job's lease; another replica "
+                                             "has taken over its clean-up")
 
     async def note_cleanup(self, key: str, value: Any | None) -> None:
         """Record (or, with ``None``, forget) something the reaper must undo if we die."""

@@ -6,7 +6,7 @@ It sits above the commands it names and beside the runner that reads it (both bu
 from __future__ import annotations
 
 from app.archives.retention import run_retention
-from app.backup.service import cleanup_backup, run_backup
+from app.backup.command import cleanup_backup, run_backup
 from app.jobs.context import Cleanup, Handler
 from app.maintenance.service import run_maintenance
 from app.restore.service import cleanup_restore, cleanup_verify, run_restore, run_verify

@@ -9,24 +9,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.steps import Step
+
 # Phases of a byte stream: the words, and whether the total is an estimate (a database's size on
 # disk against pg_dump's output) or exact (the archive's objects).
 _STREAMS: dict[str, tuple[str, bool]] = {
-    "dump": ("dumping", True),
-    "download": ("downloading", False),
+    Step.DUMP: ("dumping", True),
+    Step.DOWNLOAD: ("downloading", False),
 }
 
+# Phases that are steps in words; maintenance's phases are its tasks.
 _WORDS: dict[str, str] = {
-    "starting": "starting",
-    "connecting": "connecting to the database",
-    "globals": "copying roles and tablespaces",
-    "manifest": "writing the manifest",
-    "create database": "creating the database",
-    "restore": "restoring (pg_restore)",
-    "post-restore": "checking the restored database (ANALYZE, views, row counts, indexes)",
-    "table of contents": "checking the table of contents",
-    "compare": "comparing row counts with the manifest",
-    "plan": "choosing archives to delete",
+    Step.STARTING: "starting",
+    Step.CONNECTING: "connecting to the database",
+    Step.GLOBALS: "copying roles and tablespaces",
+    Step.MANIFEST: "writing the manifest",
+    Step.CREATE_DATABASE: "creating the database",
+    Step.RESTORE: "restoring (pg_restore)",
+    Step.POST_RESTORE: "checking the restored database (ANALYZE, views, row counts, indexes)",
+    Step.TABLE_OF_CONTENTS: "checking the table of contents",
+    Step.COMPARE: "comparing row counts with the manifest",
+    Step.PLAN: "choosing archives to delete",
     "analyze": "running ANALYZE",
     "refresh_materialized_views": "refreshing materialized views",
 }
@@ -68,7 +71,7 @@ def running(kind: str, target: str, params: dict[str, Any], *, phase: str, bytes
 
 
 def _doing(kind: str, phase: str, done: int, total: int | None, uploaded: int) -> str:
-    if kind == "retention" and phase == "delete":
+    if kind == "retention" and phase == Step.DELETE:
         return f"deleting archives, {done} of {total or 0} done"
     if phase in _STREAMS:
         verb, estimate = _STREAMS[phase]

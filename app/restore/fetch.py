@@ -25,7 +25,6 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 from app.backup import manifest as mf
 from app.errors import StepFailed
@@ -33,6 +32,7 @@ from app.integrations import gpg, zstd
 from app.integrations.process import Pipeline, PipelineError
 from app.integrations.storage import StorageError
 from app.jobs.context import JobContext
+from app.steps import Step
 
 OWNER_LOCK = ".owner.lock"
 # A folder without its lock file is either from an older version or a moment old (created, not
@@ -106,12 +106,12 @@ async def _feed(ctx: JobContext, key: str, pipeline: Pipeline, digest: hashlib._
     return size
 
 
-async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: Path,
+async def fetch_object(ctx: JobContext, key: str, entry: mf.ArchiveObject, plain: Path,
                        on_bytes: Callable[[int], None]) -> None:
     """Download ``key``, decrypt and decompress it into ``plain``, and check it (see above)."""
     settings = ctx.services.settings
     status = plain.with_suffix(".gpg-status")
-    name = entry["key"]
+    name = entry.key
     digest = hashlib.sha256()
     out = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # first: may fail alone
     pipeline_error: PipelineError | None = None
@@ -137,27 +137,27 @@ async def fetch_object(ctx: JobContext, key: str, entry: dict[str, Any], plain: 
             finally:
                 await pipeline.close_input()  # gpg is gone or done: a write still going ends
     except KeyError:
-        raise StepFailed("checksum", f"object {name} is missing from storage") from None
+        raise StepFailed(Step.CHECKSUM, f"object {name} is missing from storage") from None
     except StorageError as exc:
-        raise StepFailed("download", str(exc)) from None
+        raise StepFailed(Step.DOWNLOAD, str(exc)) from None
     finally:
         os.close(out)
     if fed_all:  # the whole object went through: its hash decides first
-        if size != int(entry["size_bytes"]):
-            raise StepFailed("checksum", f"object {name} is {size} bytes, the manifest says "
-                                         f"{entry['size_bytes']}: corrupt or truncated")
-        if digest.hexdigest() != entry["sha256"]:
-            raise StepFailed("checksum", f"object {name} has SHA-256 {digest.hexdigest()[:16]}"
-                                         f"..., the manifest says {entry['sha256'][:16]}...: "
-                                         "corrupt or tampered with")
+        if size != entry.size_bytes:
+            raise StepFailed(Step.CHECKSUM, f"object {name} is {size} bytes, the manifest says "
+                                            f"{entry.size_bytes}: corrupt or truncated")
+        if digest.hexdigest() != entry.sha256:
+            raise StepFailed(Step.CHECKSUM, f"object {name} has SHA-256 {digest.hexdigest()[:16]}"
+                                            f"..., the manifest says {entry.sha256[:16]}...: "
+                                            "corrupt or tampered with")
     if pipeline_error is not None:
         raise await _unpack_failure(status, pipeline_error)
     if not fed_all:
-        raise StepFailed("decrypt", f"gpg stopped reading {name} before its end")
+        raise StepFailed(Step.DECRYPT, f"gpg stopped reading {name} before its end")
     status_text = await asyncio.to_thread(status.read_text)
     if not gpg.decryption_succeeded(status_text):
-        raise StepFailed("decrypt", "gpg did not report a verified decryption (no "
-                                    "DECRYPTION_OKAY); the archive cannot be trusted")
+        raise StepFailed(Step.DECRYPT, "gpg did not report a verified decryption (no "
+                                       "DECRYPTION_OKAY); the archive cannot be trusted")
 
 
 async def _unpack_failure(status: Path, error: PipelineError) -> StepFailed:
@@ -169,27 +169,28 @@ async def _unpack_failure(status: Path, error: PipelineError) -> StepFailed:
     except OSError:
         status_text = ""
     if gpg.lacks_secret_key(status_text, str(error)):
-        return StepFailed("keys", "this replica's keyring holds no secret key for the archive's "
-                                  f"recipients (PGVAULT_GPG_HOME): {error}")
+        return StepFailed(Step.KEYS, "this replica's keyring holds no secret key for the archive's "
+                                     f"recipients (PGVAULT_GPG_HOME): {error}")
     if "No space left on device" in str(error):
-        return StepFailed("unpack", f"the work directory is full: {error}")
-    return StepFailed("decrypt", str(error))
+        return StepFailed(Step.UNPACK, f"the work directory is full: {error}")
+    return StepFailed(Step.DECRYPT, str(error))
 
 
-async def fetch(ctx: JobContext, doc: dict[str, Any], workdir: Path) -> dict[str, Path]:
+async def fetch(ctx: JobContext, doc: mf.Manifest, workdir: Path) -> dict[str, Path]:
     """Download, decrypt and check every object; returns the plaintext files by kind."""
-    if doc.get("compression") not in ("zstd", None):
-        raise StepFailed("fetch", f"unsupported compression {doc.get('compression')!r}")
-    prefix = mf.archive_prefix(doc["target"], doc["backup_id"])
-    objects = doc.get("objects") or []
-    await ctx.set_phase("download", bytes_total=sum(int(o["size_bytes"]) for o in objects))
+    if doc.compression not in ("zstd", None):
+        raise StepFailed(Step.FETCH, f"unsupported compression {doc.compression!r}")
+    prefix = mf.archive_prefix(doc.target, doc.backup_id)
+    objects = doc.objects
+    await ctx.set_phase(Step.DOWNLOAD, bytes_total=sum(o.size_bytes for o in objects))
     done = 0
     plain: dict[str, Path] = {}
     for entry in objects:
-        key = entry["key"]
+        key = entry.key
         if "/" in key or key.startswith("."):
-            raise StepFailed("checksum", f"manifest names an object outside the archive: {key!r}")
-        kind = entry.get("kind", key)
+            raise StepFailed(Step.CHECKSUM,
+                             f"manifest names an object outside the archive: {key!r}")
+        kind = entry.kind or key
 
         def progress(n: int, base: int = done) -> None:
             ctx.progress(bytes_done=base + n)
@@ -197,5 +198,5 @@ async def fetch(ctx: JobContext, doc: dict[str, Any], workdir: Path) -> dict[str
         target = workdir / f"{kind}.plain"
         await fetch_object(ctx, prefix + key, entry, target, progress)
         plain[kind] = target
-        done += int(entry["size_bytes"])
+        done += entry.size_bytes
     return plain

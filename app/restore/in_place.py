@@ -39,6 +39,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from app.backup.manifest import Manifest
 from app.config import PgDsn
 from app.errors import StepFailed
 from app.integrations import pg_tools
@@ -47,6 +48,7 @@ from app.integrations.process import Pipeline, PipelineError, run
 from app.integrations.target_db import connect_target
 from app.jobs.context import JobContext
 from app.restore import old_archives
+from app.steps import Step
 
 PRELUDE_SQL = """
 SELECT coalesce(string_agg(format('DROP SCHEMA IF EXISTS %I CASCADE;', s), E'\\n'), '')
@@ -138,20 +140,20 @@ def large_object_entries(toc: str) -> list[str]:
     return pg_tools.toc_entries(toc, "BLOB", "BLOB METADATA")
 
 
-def archive_schemas(doc: dict[str, Any]) -> list[str] | None:
+def archive_schemas(doc: Manifest) -> list[str] | None:
     """The schemas the archive holds, as read from the catalog in the backup's snapshot (None
     for an archive from before the manifest listed them)."""
-    if "schemas" not in doc:
+    if doc.schemas is None:
         return None
-    return sorted(s["name"] for s in doc["schemas"])
+    return sorted(s.name for s in doc.schemas)
 
 
-def archive_schemaless_objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    objects: list[dict[str, Any]] = doc.get("schemaless_objects") or []
-    if unknown := {str(o.get("type")) for o in objects} - SCHEMALESS_TYPES:
-        raise StepFailed("restore in place", "the manifest names schema-less objects of an "
+def archive_schemaless_objects(doc: Manifest) -> list[dict[str, Any]]:
+    """As the drop statements' SQL reads them: ``{"type": ..., "names": [...]}``."""
+    if unknown := {o.type for o in doc.schemaless_objects} - SCHEMALESS_TYPES:
+        raise StepFailed(Step.RESTORE_IN_PLACE, "the manifest names schema-less objects of an "
                          f"unknown type ({', '.join(sorted(unknown))})")
-    return objects
+    return [{"type": o.type, "names": o.names} for o in doc.schemaless_objects]
 
 
 async def _large_objects_sql(tools: RestoreTools, dump: Path, toc: str) -> str:
@@ -166,7 +168,7 @@ async def _large_objects_sql(tools: RestoreTools, dump: Path, toc: str) -> str:
         script = await run(pg_tools.pg_restore_selection_stage(tools.pg_restore, dump,
                                                                selection))
     except PipelineError as exc:
-        raise StepFailed("pg_restore --use-list", str(exc)) from None
+        raise StepFailed(Step.PG_RESTORE_USE_LIST, str(exc)) from None
     oids = sorted({int(o) for o in _LO_CREATE.findall(script)})
     if not oids:
         return ""
@@ -175,12 +177,12 @@ async def _large_objects_sql(tools: RestoreTools, dump: Path, toc: str) -> str:
 
 
 async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
-                           doc: dict[str, Any], tools: RestoreTools) -> None:
-    await ctx.set_phase("restore")
+                           doc: Manifest, tools: RestoreTools) -> None:
+    await ctx.set_phase(Step.RESTORE)
     try:
         toc = (await run(pg_tools.pg_restore_list_stage(tools.pg_restore, dump))).decode()
     except PipelineError as exc:
-        raise StepFailed("pg_restore --list", str(exc)) from None
+        raise StepFailed(Step.PG_RESTORE_LIST, str(exc)) from None
     schemas = archive_schemas(doc)
     if schemas is None:
         schemas = await old_archives.schemas_from_server(ctx, dsn, dump, toc, doc, tools)
@@ -192,7 +194,7 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
         schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(objects))
         if pg_tools.toc_entries(toc, "SUBSCRIPTION"):
             schemaless += "\n" + await conn.fetchval(
-                SUBSCRIPTIONS_DROP_SQL, [s["name"] for s in doc.get("subscriptions") or []])
+                SUBSCRIPTIONS_DROP_SQL, [s.name for s in doc.subscriptions])
         version = int(await conn.fetchval("SHOW server_version_num"))
         # A newer pg_restore's script is cut to the settings this server has (see ScriptHeadFitter).
         known = ({r["name"] for r in await conn.fetch("SELECT name FROM pg_catalog.pg_settings")}
@@ -200,7 +202,7 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     finally:
         await conn.close()
     if dependents:
-        raise StepFailed("restore in place", "objects outside the archive depend on what it "
+        raise StepFailed(Step.RESTORE_IN_PLACE, "objects outside the archive depend on what it "
                          f"replaces and would be dropped: {', '.join(dependents[:10])}; "
                          "restore into a new database instead")
     if "public" in schemas:
@@ -256,7 +258,7 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
         except PipelineError as exc:
             # pg_restore failed: kill psql before its input ends, so nothing is committed.
             await asyncio.shield(psql.kill())
-            raise StepFailed("restore in place (rolled back)", str(exc)) from None
+            raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK, str(exc)) from None
         waiter = asyncio.ensure_future(ready.wait())
         try:
             await asyncio.wait([waiter, output], return_when=asyncio.FIRST_COMPLETED)
@@ -267,8 +269,8 @@ async def _run_in_one_transaction(dsn: PgDsn, dump: Path, head: str, tools: Rest
             try:
                 await psql.wait()
             except PipelineError as exc:
-                raise StepFailed("restore in place (rolled back)", str(exc)) from None
-            raise StepFailed("restore in place (rolled back)", "psql ended before the COMMIT")
+                raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK, str(exc)) from None
+            raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK, "psql ended before the COMMIT")
     except BaseException:
         await asyncio.shield(_kill_all(psql, restore))
         if output is not None:
@@ -303,7 +305,7 @@ async def _commit(psql: Pipeline, output: asyncio.Task[None]) -> None:
             await asyncio.wait_for(asyncio.shield(outcome), COMMIT_SETTLE_S)
         except TimeoutError:
             await asyncio.shield(psql.kill())
-            raise StepFailed("restore in place", "cancelled while the COMMIT was in progress, "
+            raise StepFailed(Step.RESTORE_IN_PLACE, "cancelled while the COMMIT was in progress, "
                              f"which did not end within {COMMIT_SETTLE_S:.0f} s: whether the "
                              "target holds the archive's data is unknown; check it") from None
         except PipelineError:
@@ -311,7 +313,7 @@ async def _commit(psql: Pipeline, output: asyncio.Task[None]) -> None:
         asyncio.current_task().uncancel()  # type: ignore[union-attr]
         return
     except PipelineError as exc:
-        raise StepFailed("restore in place (rolled back)", str(exc)) from None
+        raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK, str(exc)) from None
     finally:
         output.cancel()
         await psql.close_input()
@@ -339,7 +341,7 @@ def _without_commit(tail: bytes) -> bytes:
     after = tail[at + len(b"\nCOMMIT;\n"):] if at >= 0 else b""
     if at < 0 or any(line.strip() and not line.startswith((b"--", b"\\unrestrict "))
                      for line in after.splitlines()):
-        raise StepFailed("restore in place (rolled back)",
+        raise StepFailed(Step.RESTORE_IN_PLACE_ROLLED_BACK,
                          "pg_restore's script did not end with its COMMIT")
     return tail[:at + 1] + after
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
+from app.backup.manifest import Manifest
 from app.config import PgDsn
 from app.errors import StepFailed
 from app.integrations import pg_tools
@@ -25,6 +25,7 @@ from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target
 from app.jobs.context import JobContext
 from app.restore import databases
+from app.steps import Step
 
 # pg_dump's types for the objects in app/backup/facts.py SCHEMALESS_OBJECTS (subscriptions are
 # named by every manifest).
@@ -39,9 +40,9 @@ ORDER BY 1"""
 
 
 async def schemas_from_server(ctx: JobContext, dsn: PgDsn, dump: Path, toc: str,
-                              doc: dict[str, Any], tools: RestoreTools) -> list[str]:
+                              doc: Manifest, tools: RestoreTools) -> list[str]:
     if pg_tools.toc_entries(toc, *SCHEMALESS_TOC_TYPES):
-        raise StepFailed("restore in place", f"archive {doc.get('backup_id')} predates the "
+        raise StepFailed(Step.RESTORE_IN_PLACE, f"archive {doc.backup_id} predates the "
                          "manifest's list of schema-less objects (casts, publications, servers, "
                          "...) and holds some, so what an in-place restore would replace is not "
                          "known exactly; restore it into a new database (mode new_database)")
@@ -50,23 +51,22 @@ async def schemas_from_server(ctx: JobContext, dsn: PgDsn, dump: Path, toc: str,
         selection = dump.with_name("schemas.list")
         await asyncio.to_thread(selection.write_text, "\n".join(entries) + "\n")
         names = await _restore_and_read(ctx, dsn, dump, selection, doc, tools)
-    excluded = {name.lower() for name in doc.get("exclude_schemas") or []}
+    excluded = {name.lower() for name in doc.exclude_schemas}
     return sorted(names + ([] if "public" in excluded else ["public"]))
 
 
 async def _restore_and_read(ctx: JobContext, dsn: PgDsn, dump: Path, selection: Path,
-                            doc: dict[str, Any], tools: RestoreTools) -> list[str]:
+                            doc: Manifest, tools: RestoreTools) -> list[str]:
     scratch = f"pgvault_names_{secrets.token_hex(4)}"
     conn = await connect_target(dsn)
     try:
         await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
         try:
-            await databases.create(conn, scratch, encoding=doc.get("database_encoding"),
-                                   collate=doc.get("database_collate"),
-                                   ctype=doc.get("database_ctype"))
+            await databases.create(conn, scratch, encoding=doc.database_encoding,
+                                   collate=doc.database_collate, ctype=doc.database_ctype)
         except asyncpg.PostgresError as exc:
-            raise StepFailed("restore in place", "cannot create a scratch database to name the "
-                             f"schemas of archive {doc.get('backup_id')}, which predates their "
+            raise StepFailed(Step.RESTORE_IN_PLACE, "cannot create a scratch database to name the "
+                             f"schemas of archive {doc.backup_id}, which predates their "
                              f"list in its manifest ({type(exc).__name__}, SQLSTATE "
                              f"{exc.sqlstate}); restore it into a new database instead") from None
     finally:
@@ -76,7 +76,7 @@ async def _restore_and_read(ctx: JobContext, dsn: PgDsn, dump: Path, selection: 
             await run(pg_tools.pg_restore_definitions_stage(tools.pg_restore, dsn, scratch, dump,
                                                              selection))
         except PipelineError as exc:
-            raise StepFailed("pg_restore --use-list", str(exc)) from None
+            raise StepFailed(Step.PG_RESTORE_USE_LIST, str(exc)) from None
         conn = await connect_target(dsn, scratch)
         try:
             return [r["nspname"] for r in await conn.fetch(SCRATCH_SCHEMAS)]

@@ -27,10 +27,11 @@ import asyncpg
 import structlog
 
 from app.archives.service import ArchiveUnreadable, load_manifest
+from app.backup.manifest import Manifest
 from app.config import PgDsn
 from app.errors import NotFound, StepFailed
 from app.integrations import pg_errors, pg_tools
-from app.integrations.pg_clients import RestoreTools
+from app.integrations.pg_clients import RestoreTools, ToolVersions
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target, end_backends, uninterrupted
 from app.jobs.context import JobContext
@@ -40,6 +41,7 @@ from app.restore import checks, database_properties, databases, fetch
 from app.restore import globals as globals_
 from app.restore.in_place import replace_in_place
 from app.restore.tools import archive_reader, restore_tools
+from app.steps import Step
 
 log = structlog.get_logger("pgvault.restore")
 
@@ -54,19 +56,19 @@ def default_database_name(target: str, now: datetime | None = None) -> str:
     return f"{target.replace('-', '_')[:40]}_restore_{now:%Y%m%d%H%M%S}"
 
 
-async def _manifest(ctx: JobContext) -> dict[str, Any]:
+async def _manifest(ctx: JobContext) -> Manifest:
     try:
         return await load_manifest(ctx.services, ctx.target, ctx.params["backup_id"],
                                    fresh=True)
     except (NotFound, ArchiveUnreadable) as exc:
-        raise StepFailed("manifest", exc.detail) from None
+        raise StepFailed(Step.MANIFEST, exc.detail) from None
 
 
 async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
-                      doc: dict[str, Any], *, jobs: int, tools: RestoreTools) -> None:
-    await ctx.set_phase("restore")
+                      doc: Manifest, *, jobs: int, tools: RestoreTools) -> None:
+    await ctx.set_phase(Step.RESTORE)
     passes: list[tuple[str, ...]] = [()]
-    if jobs > 1 and doc.get("not_valid_constraints"):
+    if jobs > 1 and doc.not_valid_constraints:
         # A parallel pg_restore may add a NOT VALID constraint (post-data) before rows that
         # violate it are loaded, and COPY fails: a domain's waits for no table, an inheritance
         # parent's for none of its children. So all the data first, then the rest.
@@ -76,12 +78,12 @@ async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
             await run(pg_tools.pg_restore_stage(tools.use(tools.pg_restore), dsn, database, dump,
                                                 jobs=jobs, sections=sections))
     except PipelineError as exc:
-        raise StepFailed("pg_restore", str(exc)) from None
+        raise StepFailed(Step.PG_RESTORE, str(exc)) from None
 
 
 async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path,
                          tools: RestoreTools) -> dict[str, Any]:
-    await ctx.set_phase("globals")
+    await ctx.set_phase(Step.GLOBALS)
     conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
     try:
         existing = {name: quoted for name, quoted, _ in await databases.roles(conn)}
@@ -95,7 +97,7 @@ async def _apply_globals(ctx: JobContext, dsn: PgDsn, sql_file: Path,
         await run(pg_tools.psql_stage(tools.use(tools.psql), dsn, dsn.database, filtered,
                                       single_transaction=True))
     except PipelineError as exc:
-        raise StepFailed("globals", str(exc)) from None
+        raise StepFailed(Step.GLOBALS, str(exc)) from None
     conn = await connect_target(dsn)
     try:  # what the script created, as the server names it now
         created, login = globals_.created_roles(plan.sql, await databases.roles(conn), existing)
@@ -122,7 +124,7 @@ async def _database_properties(ctx: JobContext, dsn: PgDsn, database: str,
         return {"status": "not recorded", "applied": [], "skipped": []}
     if in_place and not asked:
         return {"status": "not requested", "applied": [], "skipped": []}
-    await ctx.set_phase("database properties")
+    await ctx.set_phase(Step.DATABASE_PROPERTIES)
     try:  # the data is in by now: a failure here is reported, never undoes it
         conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
         try:
@@ -136,16 +138,16 @@ async def _database_properties(ctx: JobContext, dsn: PgDsn, database: str,
 
 
 async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
-                        doc: dict[str, Any]) -> dict[str, Any]:
+                        doc: Manifest) -> dict[str, Any]:
     """The runbook's post-restore steps. The data is restored by now: a step that fails is
     reported in ``errors`` (and fails the row check when it is the count), never undoes it."""
-    await ctx.set_phase("post-restore")
+    await ctx.set_phase(Step.POST_RESTORE)
     errors: list[str] = []
     found: dict[str, Any] = {}
     steps = {
         "analyze": lambda c: maintenance.analyze(c),
         "materialized_views_refreshed": lambda c: maintenance.refresh_materialized_views(c),
-        "row_counts": lambda c: checks.compare_rows(c, doc.get("tables") or []),
+        "row_counts": lambda c: checks.compare_rows(c, doc.tables),
         "invalid_indexes": lambda c: _invalid_indexes(c, doc),
         "unvalidated_constraints": lambda c: _unvalidated_constraints(c, doc),
         "subscriptions": checks.subscriptions,
@@ -170,7 +172,7 @@ async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
             "invalid_indexes": found.get("invalid_indexes", []),
             "unvalidated_constraints": found.get("unvalidated_constraints", []),
             "subscriptions_to_enable": [s["name"] for s in subs if not s["enabled"]]
-            or [s["name"] for s in doc.get("subscriptions") or []],
+            or [s.name for s in doc.subscriptions],
             "errors": errors}
 
 
@@ -197,7 +199,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 # leaves them (they may be in use by then), and says which they are.
                 ctx.result["roles_created"] = roles["created"]
             if not in_place:
-                await ctx.set_phase("create database")
+                await ctx.set_phase(Step.CREATE_DATABASE)
                 conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
 
                 async def create() -> None:
@@ -249,14 +251,14 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     checklist["globals"] = roles if params.get("include_globals") else None
     rows_ok = checklist["row_counts"]["ok"]
     result = {
-        "backup_id": doc["backup_id"], "mode": params["mode"], "database": database,
+        "backup_id": doc.backup_id, "mode": params["mode"], "database": database,
         "duration_s": round(duration, 3), "severity": severity, "rto_hours": rto_hours,
         "rto_met": duration <= rto_hours * 3600, "rows_match": rows_ok, "checklist": checklist,
-        "tools": tools.used,
+        "tools": tools.used.as_dict(),
     }
     if checklist.get("skipped"):
         result["rows_match"] = None
-    summary = (f"restored {doc['backup_id']} into {database} in {duration:.1f} s "
+    summary = (f"restored {doc.backup_id} into {database} in {duration:.1f} s "
                f"(RTO {'met' if result['rto_met'] else 'MISSED'}); rows "
                f"{_rows_word(checklist)}; "
                f"{len(checks.made_worse(checklist['invalid_indexes']))} invalid index(es)"
@@ -305,18 +307,18 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     dsn = ctx.services.settings.targets[ctx.target].parsed_dsn
     # Kept in the job's result even if the verification fails (what it found so far).
     result = ctx.result
-    result.update(backup_id=doc["backup_id"], level=level)
+    result.update(backup_id=doc.backup_id, level=level)
     reader = archive_reader(ctx.services.clients, doc)
     tools = await restore_tools(ctx.services.clients, dsn, doc) if level == "restore" else None
-    result["tools"] = {"pg_restore": reader.version}
+    result["tools"] = ToolVersions(pg_restore=reader.version).as_dict()
     async with fetch.scratch_dir(ctx) as workdir:
         plain = await fetch.fetch(ctx, doc, workdir)
-        result["objects_checked"] = len(doc.get("objects") or [])
-        await ctx.set_phase("table of contents")
+        result["objects_checked"] = len(doc.objects)
+        await ctx.set_phase(Step.TABLE_OF_CONTENTS)
         try:
             toc = await run(pg_tools.pg_restore_list_stage(reader, plain["database"]))
         except PipelineError as exc:
-            raise StepFailed("pg_restore --list", str(exc)) from None
+            raise StepFailed(Step.PG_RESTORE_LIST, str(exc)) from None
         result["toc_entries"] = sum(1 for line in toc.decode().splitlines()
                                     if line and not line.startswith(";"))
         if tools is not None:
@@ -324,18 +326,18 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
             result["scratch_database"] = scratch
             await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
             try:
-                await ctx.set_phase("create database")
+                await ctx.set_phase(Step.CREATE_DATABASE)
                 conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
                 try:
                     await uninterrupted(_create_database(conn, scratch, doc))
                 finally:
                     await conn.close()
                 await _pg_restore(ctx, dsn, scratch, plain["database"], doc, jobs=2, tools=tools)
-                result["tools"] = tools.used
-                await ctx.set_phase("compare")
+                result["tools"] = tools.used.as_dict()
+                await ctx.set_phase(Step.COMPARE)
                 conn = await connect_target(dsn, scratch, settings=SESSION_DEFAULTS)
                 try:
-                    result["row_counts"] = await checks.compare_rows(conn, doc.get("tables") or [])
+                    result["row_counts"] = await checks.compare_rows(conn, doc.tables)
                     result["invalid_indexes"] = await _invalid_indexes(conn, doc)
                     result["unvalidated_constraints"] = await _unvalidated_constraints(conn, doc)
                 finally:
@@ -359,9 +361,9 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     if problems:
         # Rows that differ from the manifest condemn the archive ("compare"); an invalid index or
         # a NOT VALID constraint may have come from the source itself ("checks").
-        raise StepFailed("compare" if not result["row_counts"]["ok"] else "checks",
+        raise StepFailed(Step.COMPARE if not result["row_counts"]["ok"] else Step.CHECKS,
                          "; ".join(problems))
-    summary = (f"{level} verification of {doc['backup_id']} passed: "
+    summary = (f"{level} verification of {doc.backup_id} passed: "
                f"{result['objects_checked']} object(s), {result['toc_entries']} TOC entries"
                + (f", {result['row_counts']['tables_checked']} tables match"
                   + _excused(result) if level == "restore" else "")
@@ -369,14 +371,14 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
     return result, summary
 
 
-async def _invalid_indexes(conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+async def _invalid_indexes(conn: Any, doc: Manifest) -> list[dict[str, Any]]:
     return checks.against_source(await checks.invalid_indexes(conn),
-                                 doc.get("invalid_indexes"), checks.INDEX_KEY)
+                                 doc.invalid_indexes, checks.INDEX_KEY)
 
 
-async def _unvalidated_constraints(conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+async def _unvalidated_constraints(conn: Any, doc: Manifest) -> list[dict[str, Any]]:
     return checks.against_source(await checks.unvalidated_constraints(conn),
-                                 doc.get("not_valid_constraints"), checks.CONSTRAINT_KEY)
+                                 doc.not_valid_constraints, checks.CONSTRAINT_KEY)
 
 
 def _excused(result: dict[str, Any]) -> str:
@@ -393,16 +395,15 @@ def _as_in_source(found: list[dict[str, Any]]) -> str:
     return f" (+{same} as in the source)" if same else ""
 
 
-async def _create_database(conn: Any, name: str, doc: dict[str, Any]) -> None:
+async def _create_database(conn: Any, name: str, doc: Manifest) -> None:
     try:
-        await databases.create(conn, name, encoding=doc.get("database_encoding"),
-                               collate=doc.get("database_collate"),
-                               ctype=doc.get("database_ctype"))
+        await databases.create(conn, name, encoding=doc.database_encoding,
+                               collate=doc.database_collate, ctype=doc.database_ctype)
     except asyncpg.DuplicateDatabaseError:
-        raise StepFailed("create database", f"database {name} already exists; pick another "
-                                            "name or drop it first") from None
+        raise StepFailed(Step.CREATE_DATABASE, f"database {name} already exists; pick another "
+                                               "name or drop it first") from None
     except asyncpg.PostgresError as exc:
-        raise StepFailed("create database", f"cannot create {name} with the source's encoding "
+        raise StepFailed(Step.CREATE_DATABASE, f"cannot create {name} with the source's encoding "
                          f"and locale: {pg_errors.describe(exc)}") from None
 
 

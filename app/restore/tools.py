@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
+from app.backup.manifest import Manifest
 from app.config import PgDsn
 from app.errors import StepFailed
 from app.integrations.pg_clients import (
@@ -21,11 +21,10 @@ from app.integrations.pg_clients import (
     archive_major,
 )
 from app.integrations.target_db import connect_target
+from app.steps import Step
 
-STEP = "client programs"
 
-
-async def restore_tools(clients: PgClients, dsn: PgDsn, doc: dict[str, Any]) -> RestoreTools:
+async def restore_tools(clients: PgClients, dsn: PgDsn, doc: Manifest) -> RestoreTools:
     """pg_restore and psql for the server behind ``dsn`` and the archive of manifest ``doc``."""
     conn = await connect_target(dsn)
     try:
@@ -34,15 +33,15 @@ async def restore_tools(clients: PgClients, dsn: PgDsn, doc: dict[str, Any]) -> 
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), 5)
     try:
-        return RestoreTools.choose(clients, major, archive_major(doc.get("pg_dump_version")))
+        return RestoreTools.choose(clients, major, archive_major(doc.pg_dump_version))
     except NoFittingClient as exc:
-        raise StepFailed(STEP, str(exc)) from None
+        raise StepFailed(Step.CLIENT_PROGRAMS, str(exc)) from None
 
 
-def archive_reader(clients: PgClients, doc: dict[str, Any]) -> Client:
+def archive_reader(clients: PgClients, doc: Manifest) -> Client:
     """A pg_restore that reads the archive (``--list``), whatever server it goes to."""
-    major = archive_major(doc.get("pg_dump_version"))
+    major = archive_major(doc.pg_dump_version)
     try:
         return clients.choose("pg_restore", major, archive_major=major)
     except NoFittingClient as exc:
-        raise StepFailed(STEP, str(exc)) from None
+        raise StepFailed(Step.CLIENT_PROGRAMS, str(exc)) from None
