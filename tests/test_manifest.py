@@ -108,7 +108,7 @@ async def test_an_old_manifest_and_a_newer_ones_unknown_fields_still_restore(
         old["tables"] = [{**t, "estimate": 7} for t in old["tables"]]
         old["retention_class"] = "gold"
         s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(old).encode())
-        c.app.state.services.manifests.clear()  # type: ignore[attr-defined]
+        c.app.state.resources.manifests.clear()  # type: ignore[attr-defined]
 
         listing = (await c.get("/v1/targets/mfold/archives", headers=auth("viewer"))).json()
         assert [(a["backup_id"], a["status"]) for a in listing["items"]] == [(bid, "complete")]
