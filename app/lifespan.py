@@ -26,7 +26,7 @@ from app.integrations.storage import open_storage
 from app.integrations.webhooks import Notifier
 from app.jobs.registry import CLEANUPS, HANDLERS
 from app.jobs.runner import JobRunner
-from app.monitoring.service import MonitoringPools
+from app.monitoring.pools import MonitoringPools
 from app.resources import Resources
 from app.restore.fetch import sweep_orphans
 from app.schedules.service import Scheduler

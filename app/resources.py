@@ -21,7 +21,7 @@ from app.config import Settings
 from app.integrations.pg_clients import PgClients
 from app.integrations.storage import Storage
 from app.integrations.webhooks import Notifier
-from app.monitoring.service import MonitoringPools
+from app.monitoring.pools import MonitoringPools
 
 
 class _Runner(Protocol):

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from app.config import Settings
-from app.monitoring.service import MonitoringPools
+from app.monitoring.pools import MonitoringPools
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 ROWS = 20_000

@@ -13,6 +13,7 @@ import pytest
 
 from app.config import Settings
 from app.errors import NotFound, TimedOut, Unavailable
+from app.monitoring.pools import MonitoringPools
 from app.monitoring.schemas import (
     BloatView,
     ConnectionsView,
@@ -20,7 +21,7 @@ from app.monitoring.schemas import (
     SnapshotView,
     TablesView,
 )
-from app.monitoring.service import MonitoringPools, get_view, human_bytes
+from app.monitoring.service import get_view, human_bytes
 
 from .conftest import admin
 
