@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+from tests.conftest import auth, dsn, running_app, start_uploading_backup, wait_job
 
 
 def test_the_scratch_sweep_never_removes_a_folder_pgvault_did_not_make(tmp_path: Path) -> None:
@@ -37,3 +40,26 @@ def test_the_scratch_sweep_never_removes_a_folder_pgvault_did_not_make(tmp_path:
     assert (archives / "prod" / "20260101T000000Z-abcdef" / "manifest.json").exists()
     assert (numbered / "prod" / "database.dump.zst.gpg").exists()
     assert (elsewhere / "data.plain").exists() and link.is_symlink()
+
+
+async def test_deleting_the_archive_a_backup_is_writing_is_refused(
+        make_settings: Any, big_db: str, tmp_path: Path) -> None:
+    """An operator cleaning up "incomplete" archives deletes the one a backup is still writing:
+    its globals vanished, yet the backup went on, wrote its manifest and succeeded -- a backup
+    reported good whose archive cannot be restored. The deletion must be refused (409)."""
+    settings = make_settings(storage_url=f"file://{tmp_path / 'archives'}",
+                             targets={"busy": {"dsn": dsn(big_db), "row_counts": False}})
+    async with running_app(settings) as c:
+        job_id = await start_uploading_backup(c, "busy")
+        listed = (await c.get("/v1/targets/busy/archives", headers=auth("viewer"))).json()
+        (archive,) = listed["items"]
+        assert archive["status"] == "incomplete"
+        resp = await c.delete(f"/v1/targets/busy/archives/{archive['backup_id']}",
+                              headers=auth("admin"))
+        job = await wait_job(c, job_id, timeout=300)
+        after = (await c.get(f"/v1/targets/busy/archives/{archive['backup_id']}",
+                             headers=auth("viewer"))).json()
+    assert resp.status_code == 409, resp.text
+    assert job_id in resp.json()["detail"]
+    assert job["status"] == "succeeded", job["error"]
+    assert after["status"] == "complete"
