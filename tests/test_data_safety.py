@@ -7,7 +7,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import auth, dsn, running_app, start_uploading_backup, wait_job
+from tests.conftest import (
+    PREFIX,
+    admin_conn,
+    auth,
+    backup,
+    drop_db,
+    dsn,
+    running_app,
+    start_uploading_backup,
+    wait_job,
+)
+from tests.test_restore import restore
 
 
 def test_the_scratch_sweep_never_removes_a_folder_pgvault_did_not_make(tmp_path: Path) -> None:
@@ -63,3 +74,76 @@ async def test_deleting_the_archive_a_backup_is_writing_is_refused(
     assert job_id in resp.json()["detail"]
     assert job["status"] == "succeeded", job["error"]
     assert after["status"] == "complete"
+
+
+AWKWARD = ["Mixed Case", 'a "quoted" one', "dotted.name", "-leading-dash", "ünïcødé",
+           "new\nline", "semi;colon -- not a comment"]
+
+
+async def test_a_restore_with_globals_leaves_existing_roles_exactly_as_they_are(
+        client: Any) -> None:
+    """Roles with awkward names on the cluster (other tests make them with newlines) never break
+    another restore's globals step; an existing role keeps its comment and memberships as they
+    are now: a membership revoked since the backup is not granted back."""
+    names = [f"{PREFIX}_{n}" for n in AWKWARD]
+    existing, gone = names[:-1], names[-1]
+    late = f"{PREFIX}_late\nDROP ROLE x;"
+    admin = await admin_conn()
+    try:
+        for name in names:
+            await admin.execute(await admin.fetchval(
+                "SELECT format('CREATE ROLE %I LOGIN', $1::text)", name))
+        await admin.execute(await admin.fetchval(
+            "SELECT format('GRANT %I TO %I', $1::text, $2::text)", existing[0], existing[1]))
+        await admin.execute(await admin.fetchval(
+            "SELECT format('COMMENT ON ROLE %I IS ''at backup''', $1::text)", existing[1]))
+        job = await backup(client)
+        await admin.execute(await admin.fetchval("SELECT format('DROP ROLE %I', $1::text)", gone))
+        await admin.execute(await admin.fetchval(
+            "SELECT format('REVOKE %I FROM %I', $1::text, $2::text)", existing[0], existing[1]))
+        await admin.execute(await admin.fetchval(
+            "SELECT format('COMMENT ON ROLE %I IS ''now''', $1::text)", existing[1]))
+        await admin.execute(await admin.fetchval("SELECT format('CREATE ROLE %I', $1::text)", late))
+        done = await restore(client, "pagila", {"backup_id": job["result"]["backup_id"],
+                                                "include_globals": True})
+        member = await admin.fetchval(
+            "SELECT pg_has_role($2::text, $1::text, 'MEMBER')", existing[0], existing[1])
+        comment = await admin.fetchval(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+            existing[1])
+        recreated = await admin.fetchval("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+                                         gone)
+    finally:
+        for name in [*names, late]:
+            await admin.execute(await admin.fetchval(
+                "SELECT format('DROP ROLE IF EXISTS %I', $1::text)", name))
+        await admin.close()
+    assert done["status"] == "succeeded", done["error"]
+    await drop_db(done["result"]["database"])
+    globals_ = done["result"]["checklist"]["globals"]
+    assert set(existing) <= set(globals_["skipped_existing"])
+    assert gone in globals_["created"] and recreated is True
+    assert gone in done["result"]["checklist"]["roles_to_reset_password"]
+    assert member is False, "a revoked membership was granted back"
+    assert comment == "now"
+
+
+def test_globals_plan_drops_memberships_and_comments_of_existing_roles_only() -> None:
+    from app.restore.globals import plan
+
+    script = "\n".join([
+        "CREATE ROLE app;",
+        'COMMENT ON ROLE "Old Hand" IS \'x\';',
+        "COMMENT ON ROLE app IS 'new';",
+        'GRANT admin TO "Old Hand" GRANTED BY postgres;',
+        'GRANT "a"" TO ""Old Hand" TO app;',  # a new role whose name holds the text
+        'GRANT admin TO "Old Hand" WITH ADMIN OPTION, INHERIT TRUE GRANTED BY postgres;',
+        'GRANT admin TO "Old Hand x";',
+        "GRANT ALL ON TABLESPACE t TO \"Old Hand\";",
+    ])
+    result = plan(script, {"Old Hand": '"Old Hand"'})
+    assert result.skipped == ["Old Hand"]
+    assert [line for line in result.sql.splitlines() if line] == [
+        "CREATE ROLE app;", "COMMENT ON ROLE app IS 'new';",
+        'GRANT "a"" TO ""Old Hand" TO app;', 'GRANT admin TO "Old Hand x";',
+        'GRANT ALL ON TABLESPACE t TO "Old Hand";']
