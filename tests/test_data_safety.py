@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from tests.conftest import (
     admin_conn,
     auth,
     backup,
+    create_db,
     drop_db,
     dsn,
     running_app,
@@ -147,3 +149,42 @@ def test_globals_plan_drops_memberships_and_comments_of_existing_roles_only() ->
         "CREATE ROLE app;", "COMMENT ON ROLE app IS 'new';",
         'GRANT "a"" TO ""Old Hand" TO app;', 'GRANT admin TO "Old Hand x";',
         'GRANT ALL ON TABLESPACE t TO "Old Hand";']
+
+
+async def test_a_failed_restore_never_quotes_a_user_mappings_password(
+        make_settings: Any) -> None:
+    """pg_restore quotes the statement that failed after "Command was:", over several lines: a
+    user mapping's options, its password included, one per line. Only the first line was left
+    out of the job's error, which every viewer reads."""
+    source = await create_db(f"{PREFIX}_fdwsecret")
+    role = f"{PREFIX}_fdw user"
+    conn = await admin_conn(source)
+    try:
+        await conn.execute("CREATE EXTENSION postgres_fdw")
+        await conn.execute("CREATE SERVER remote FOREIGN DATA WRAPPER postgres_fdw "
+                           "OPTIONS (host 'remote.invalid')")
+        await conn.execute(await conn.fetchval("SELECT format('CREATE ROLE %I', $1::text)", role))
+        await conn.execute(await conn.fetchval(
+            "SELECT format('CREATE USER MAPPING FOR %I SERVER remote "
+            "OPTIONS (user ''bob'', password ''hunter2-secret'')', $1::text)", role))
+        settings = make_settings(targets={"fdw": {"dsn": dsn(source)}})
+        async with running_app(settings) as c:
+            job = await backup(c, "fdw")
+            # The restore's server lacks the role: its CREATE USER MAPPING fails.
+            await conn.execute(await conn.fetchval(
+                "SELECT format('DROP USER MAPPING FOR %I SERVER remote', $1::text)", role))
+            await conn.execute(await conn.fetchval("SELECT format('DROP ROLE %I', $1::text)",
+                                                   role))
+            done = await restore(c, "fdw", {"backup_id": job["result"]["backup_id"],
+                                            "database": f"{PREFIX}_fdwsecret_r"})
+    finally:
+        await conn.execute(await conn.fetchval(
+            "SELECT format('DROP USER MAPPING IF EXISTS FOR %I SERVER remote', $1::text)", role))
+        await conn.execute(await conn.fetchval("SELECT format('DROP ROLE IF EXISTS %I', $1::text)",
+                                               role))
+        await conn.close()
+        await drop_db(f"{PREFIX}_fdwsecret_r")
+        await drop_db(source)
+    assert done["status"] == "failed"
+    assert "does not exist" in done["error"]["detail"]
+    assert "hunter2" not in json.dumps(done)
