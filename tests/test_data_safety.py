@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from tests.conftest import (
     create_db,
     drop_db,
     dsn,
+    psql,
     running_app,
     start_uploading_backup,
     wait_job,
@@ -188,3 +190,48 @@ async def test_a_failed_restore_never_quotes_a_user_mappings_password(
     assert done["status"] == "failed"
     assert "does not exist" in done["error"]["detail"]
     assert "hunter2" not in json.dumps(done)
+
+
+async def test_in_place_refuses_a_dependent_made_while_it_waited_for_its_locks(
+        make_settings: Any) -> None:
+    """The check for outside objects that CASCADE would take ran before the restore's
+    transaction. A session that held a lock on an archive table (an application's migration)
+    added a column of that table's row type to a table of an excluded schema meanwhile; once it
+    committed, DROP SCHEMA ... CASCADE dropped that column and its data."""
+    from tests.test_in_place import plain_target
+
+    db, settings = await plain_target(make_settings, "raceip", 100)
+    settings.targets["raceip"].exclude_schemas.append("audit")
+    psql(db, "-c", "CREATE SCHEMA audit; CREATE TABLE audit.log (id int); "
+                   "INSERT INTO audit.log VALUES (1), (2)")
+    async with running_app(settings) as c:
+        job = await backup(c, "raceip")
+        blocker = await admin_conn(db)
+        watcher = await admin_conn(db)
+        try:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("SELECT 1 FROM public.t LIMIT 1")  # holds a lock on it
+            resp = await c.post("/v1/targets/raceip/restores", headers=auth("admin"), json={
+                "backup_id": job["result"]["backup_id"], "mode": "in_place",
+                "confirm": "raceip"})
+            assert resp.status_code == 202, resp.text
+            for _ in range(600):  # until the restore's session waits for the lock
+                if await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                        "AND wait_event_type = 'Lock'", f"pgvault/restore/{resp.json()['id']}"):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the restore never waited for the lock")
+            await blocker.execute("ALTER TABLE audit.log ADD COLUMN snap public.t; "
+                                  "UPDATE audit.log SET snap = ROW(id, 'kept')")
+            await tx.commit()
+            done = await wait_job(c, resp.json()["id"], timeout=180)
+            kept = await watcher.fetchval("SELECT count((snap).note) FROM audit.log")
+        finally:
+            await blocker.close()
+            await watcher.close()
+    assert kept == 2, "the restore dropped a column outside the archive"
+    assert done["status"] == "failed"
+    assert "column audit.log.snap" in done["error"]["detail"]

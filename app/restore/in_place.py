@@ -121,6 +121,31 @@ CROSS JOIN LATERAL (SELECT CASE d.classid
 WHERE owner.nsp IS NOT NULL AND owner.nsp NOT IN (SELECT oid FROM archive)
 ORDER BY 1"""
 
+# The archive's tables, locked first in the restore's transaction: an outside object made to
+# depend on one of them while the restore waited for its locks is then seen by the check that
+# follows them (views, foreign keys, columns of a table's row type: all lock the table).
+LOCK_SQL = """
+SELECT coalesce('LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', '
+                                            ORDER BY n.nspname, c.relname)
+                || ' IN ACCESS EXCLUSIVE MODE;', '')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p')"""
+
+
+def _dependents_guard(schemas_literal: str) -> str:
+    """DEPENDENTS_SQL again, inside the transaction after its locks: the check made before it
+    began cannot see what a concurrent session added since. ``schemas_literal`` is the schema
+    array as the server quoted it; the DO body's tag is random, so no name can end it."""
+    tag = f"$pgvault_{secrets.token_hex(8)}$"
+    query = DEPENDENTS_SQL.replace("$1::text[]", f"{schemas_literal}::text[]")
+    return (f"DO {tag}\nDECLARE outside text;\nBEGIN\n"
+            f"SELECT string_agg(name, ', ') INTO outside FROM ({query}) AS d;\n"
+            "IF outside IS NOT NULL THEN RAISE EXCEPTION 'objects outside the archive depend on "
+            "what it replaces and would be dropped: %; restore into a new database instead', "
+            "left(outside, 1000); END IF;\n"
+            f"END {tag};\n")
+
+
 # What CREATE DATABASE gives public, which dumps never create and whose defaults (owner, ACL,
 # comment) they leave out: recreated as template0 has it, the dump's own statements then bring the
 # source's differences (PostgreSQL 15 and later).
@@ -192,6 +217,8 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     try:
         dependents = [r["name"] for r in await conn.fetch(DEPENDENTS_SQL, schemas)]
         prelude: str = await conn.fetchval(PRELUDE_SQL, schemas)
+        guard = (await conn.fetchval(LOCK_SQL, schemas) + "\n" + _dependents_guard(
+            await conn.fetchval("SELECT quote_literal($1::text[]::text)", schemas)))
         schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(objects))
         if pg_tools.toc_entries(toc, "SUBSCRIPTION"):
             schemaless += "\n" + await conn.fetchval(
@@ -217,7 +244,7 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     # The target's own settings (ALTER DATABASE ... SET) must not time out or forbid the
     # replacement; pg_restore's script sets them only after the prelude.
     head = (f"SET lock_timeout = '{timeout_s}s';\nSET statement_timeout = 0;\n"
-            f"SET default_transaction_read_only = off;\nBEGIN;\n{prelude}\n")
+            f"SET default_transaction_read_only = off;\nBEGIN;\n{guard}{prelude}\n")
     fitter = pg_tools.ScriptHeadFitter(known) if known is not None else None
     await _run_in_one_transaction(dsn, dump, head, tools, fitter)
     if fitter is not None and fitter.dropped:
