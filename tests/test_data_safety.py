@@ -235,3 +235,40 @@ async def test_in_place_refuses_a_dependent_made_while_it_waited_for_its_locks(
     assert kept == 2, "the restore dropped a column outside the archive"
     assert done["status"] == "failed"
     assert "column audit.log.snap" in done["error"]["detail"]
+
+
+async def test_file_storage_makes_each_name_durable_before_it_vouches_for_it(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A rename or a new folder lives only in memory until its folder is fsynced: a crash
+    after the backup succeeded could keep the manifest and lose the dump's name. Power loss
+    cannot be staged here, so this records which folders were fsynced, and when."""
+    import stat
+
+    from app.integrations.storage.file import FileStorage
+
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced.append((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    storage = FileStorage(str(tmp_path))
+    upload = await storage.start_upload("prod/20260101T000000Z-abcdef/database.dump.zst.gpg")
+    await upload.write_part(b"dump")
+    await upload.complete()
+    after_object = list(synced)
+    await storage.put("prod/20260101T000000Z-abcdef/manifest.json", b"{}")
+
+    def ident(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_dev, st.st_ino
+
+    archive = tmp_path / "prod" / "20260101T000000Z-abcdef"
+    assert ident(tmp_path) in after_object  # the new folder prod/
+    assert ident(tmp_path / "prod") in after_object  # the new archive folder
+    assert ident(archive) in after_object  # the object's rename
+    assert synced[len(after_object):] == [ident(archive)]  # the manifest's rename
