@@ -272,3 +272,34 @@ async def test_file_storage_makes_each_name_durable_before_it_vouches_for_it(
     assert ident(tmp_path / "prod") in after_object  # the new archive folder
     assert ident(archive) in after_object  # the object's rename
     assert synced[len(after_object):] == [ident(archive)]  # the manifest's rename
+
+
+async def test_in_place_refuses_to_drop_outside_tables_from_a_publication(
+        make_settings: Any) -> None:
+    """The archive's publication is dropped and made again from the dump, which (its schema
+    excluded) lacks audit.log: the table left the publication, and its replication stopped
+    without a word. The restore must refuse instead, before any change."""
+    from tests.test_in_place import plain_target
+
+    db, settings = await plain_target(make_settings, "pubip", 100)
+    settings.targets["pubip"].exclude_schemas.append("audit")
+    psql(db, "-c", "CREATE SCHEMA audit; CREATE TABLE audit.log (id int PRIMARY KEY); "
+                   "CREATE TABLE audit.more (id int PRIMARY KEY); "
+                   "CREATE PUBLICATION p FOR TABLE public.t, audit.log; "
+                   "CREATE PUBLICATION q FOR TABLES IN SCHEMA audit")
+    members = ("SELECT string_agg(m, ',' ORDER BY m) FROM (SELECT pubname || ':' || "
+               "schemaname || '.' || tablename AS m FROM pg_publication_tables) AS t")
+    async with running_app(settings) as c:
+        job = await backup(c, "pubip")
+        conn = await admin_conn(db)
+        try:
+            before = await conn.fetchval(members)
+            done = await restore(c, "pubip", {"backup_id": job["result"]["backup_id"],
+                                              "mode": "in_place", "confirm": "pubip"})
+            after = await conn.fetchval(members)
+        finally:
+            await conn.close()
+    assert after == before == "p:audit.log,p:public.t,q:audit.log,q:audit.more"
+    assert done["status"] == "failed"
+    assert "publication p" in done["error"]["detail"]
+    assert "publication q" in done["error"]["detail"]

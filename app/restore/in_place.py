@@ -121,6 +121,26 @@ CROSS JOIN LATERAL (SELECT CASE d.classid
 WHERE owner.nsp IS NOT NULL AND owner.nsp NOT IN (SELECT oid FROM archive)
 ORDER BY 1"""
 
+# Members of the archive's publications (which the restore drops and makes again from the dump)
+# that lie outside its schemas: the dump, their schema excluded, does not hold them, so they would
+# silently leave the publication and stop being replicated.
+PUBLICATION_MEMBERS_SQL = """
+SELECT format('publication %I holds table %I.%I', p.pubname, n.nspname, c.relname) AS name
+FROM pg_publication p
+JOIN pg_publication_rel r ON r.prpubid = p.oid
+JOIN pg_class c ON c.oid = r.prrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE p.pubname = ANY($2::text[]) AND NOT n.nspname = ANY($1::text[])
+ORDER BY 1"""
+PUBLICATION_SCHEMAS_SQL = """
+SELECT format('publication %I holds the tables in schema %I', p.pubname, n.nspname) AS name
+FROM pg_publication p
+JOIN pg_publication_namespace s ON s.pnpubid = p.oid
+JOIN pg_namespace n ON n.oid = s.pnnspid
+WHERE p.pubname = ANY($2::text[]) AND NOT n.nspname = ANY($1::text[])
+ORDER BY 1"""
+
+
 # The archive's tables, locked first in the restore's transaction: an outside object made to
 # depend on one of them while the restore waited for its locks is then seen by the check that
 # follows them (views, foreign keys, columns of a table's row type: all lock the table).
@@ -224,6 +244,10 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
             schemaless += "\n" + await conn.fetchval(
                 SUBSCRIPTIONS_DROP_SQL, [s["name"] for s in doc.get("subscriptions") or []])
         version = int(await conn.fetchval("SHOW server_version_num"))
+        publications = [o["names"][0] for o in objects if o.get("type") == "publication"]
+        for sql in [PUBLICATION_MEMBERS_SQL] + (  # schema members: PostgreSQL 15 and later
+                [PUBLICATION_SCHEMAS_SQL] if version >= 150000 else []):
+            dependents += [r["name"] for r in await conn.fetch(sql, schemas, publications)]
         # A newer pg_restore's script is cut to the settings this server has (see ScriptHeadFitter).
         known = ({r["name"] for r in await conn.fetch("SELECT name FROM pg_catalog.pg_settings")}
                  if tools.script_needs_fitting else None)
