@@ -281,8 +281,8 @@ async def test_in_place_refuses_to_drop_outside_tables_from_a_publication(
     without a word. The restore must refuse instead, before any change."""
     from tests.test_in_place import plain_target
 
-    db, settings = await plain_target(make_settings, "pubip", 100)
-    settings.targets["pubip"].exclude_schemas.append("audit")
+    db, settings = await plain_target(make_settings, "rvpubip", 100)
+    settings.targets["rvpubip"].exclude_schemas.append("audit")
     psql(db, "-c", "CREATE SCHEMA audit; CREATE TABLE audit.log (id int PRIMARY KEY); "
                    "CREATE TABLE audit.more (id int PRIMARY KEY); "
                    "CREATE PUBLICATION p FOR TABLE public.t, audit.log; "
@@ -290,12 +290,12 @@ async def test_in_place_refuses_to_drop_outside_tables_from_a_publication(
     members = ("SELECT string_agg(m, ',' ORDER BY m) FROM (SELECT pubname || ':' || "
                "schemaname || '.' || tablename AS m FROM pg_publication_tables) AS t")
     async with running_app(settings) as c:
-        job = await backup(c, "pubip")
+        job = await backup(c, "rvpubip")
         conn = await admin_conn(db)
         try:
             before = await conn.fetchval(members)
-            done = await restore(c, "pubip", {"backup_id": job["result"]["backup_id"],
-                                              "mode": "in_place", "confirm": "pubip"})
+            done = await restore(c, "rvpubip", {"backup_id": job["result"]["backup_id"],
+                                                "mode": "in_place", "confirm": "rvpubip"})
             after = await conn.fetchval(members)
         finally:
             await conn.close()
