@@ -303,3 +303,35 @@ async def test_in_place_refuses_to_drop_outside_tables_from_a_publication(
     assert done["status"] == "failed"
     assert "publication p" in done["error"]["detail"]
     assert "publication q" in done["error"]["detail"]
+
+
+async def test_a_verification_never_drops_a_database_it_did_not_create(
+        client: Any, monkeypatch: Any) -> None:
+    """The scratch database's name is random, noted, then created; when CREATE DATABASE
+    failed because that name was taken, the clean-up dropped the database that held it."""
+    import app.restore.service as service
+
+    class Drawn:
+        @staticmethod
+        def token_hex(n: int) -> str:
+            return f"{os.getpid():08x}"[-8:]
+
+    taken = f"pgvault_verify_{Drawn.token_hex(4)}"
+    await create_db(taken)
+    try:
+        job = await backup(client)
+        monkeypatch.setattr(service, "secrets", Drawn)
+        resp = await client.post(
+            f"/v1/targets/pagila/archives/{job['result']['backup_id']}/verify",
+            headers=auth("operator"), json={"level": "restore"})
+        assert resp.status_code == 202, resp.text
+        done = await wait_job(client, resp.json()["id"], timeout=180)
+        admin = await admin_conn()
+        try:
+            still = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", taken)
+        finally:
+            await admin.close()
+    finally:
+        await drop_db(taken)
+    assert done["status"] == "failed" and "already exists" in done["error"]["detail"]
+    assert still == 1, "the verification dropped a database it did not create"
