@@ -335,3 +335,41 @@ async def test_a_verification_never_drops_a_database_it_did_not_create(
         await drop_db(taken)
     assert done["status"] == "failed" and "already exists" in done["error"]["detail"]
     assert still == 1, "the verification dropped a database it did not create"
+
+
+async def test_an_old_archives_in_place_restore_never_drops_a_database_it_did_not_create(
+        make_settings: Any, s3: Any, bucket: str, monkeypatch: Any) -> None:
+    """The same for the scratch database that names an old archive's schemas: its name was
+    noted before CREATE DATABASE, and a failed job's clean-up dropped the database that had
+    taken it."""
+    import app.restore.old_archives as old_archives
+    from tests.test_in_place import plain_target
+
+    class Drawn:
+        @staticmethod
+        def token_hex(n: int) -> str:
+            return f"{os.getpid():08x}"[-8:]
+
+    taken = f"pgvault_names_{Drawn.token_hex(4)}"
+    db, settings = await plain_target(make_settings, "rvoldip", 100)
+    await create_db(taken)
+    try:
+        async with running_app(settings) as c:
+            bid = (await backup(c, "rvoldip"))["result"]["backup_id"]
+            key = f"archives/rvoldip/{bid}/manifest.json"
+            doc = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            del doc["schemas"], doc["schemaless_objects"]
+            s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(doc).encode())
+            monkeypatch.setattr(old_archives, "secrets", Drawn)
+            done = await restore(c, "rvoldip", {"backup_id": bid, "mode": "in_place",
+                                                "confirm": "rvoldip"})
+        admin = await admin_conn()
+        try:
+            still = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", taken)
+        finally:
+            await admin.close()
+    finally:
+        await drop_db(taken)
+        await drop_db(db)
+    assert done["status"] == "failed"
+    assert still == 1, "the restore dropped a database it did not create"
