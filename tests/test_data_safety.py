@@ -373,3 +373,36 @@ async def test_an_old_archives_in_place_restore_never_drops_a_database_it_did_no
         await drop_db(db)
     assert done["status"] == "failed"
     assert still == 1, "the restore dropped a database it did not create"
+
+
+async def test_in_place_does_not_fire_the_archives_event_triggers_outside_it(
+        make_settings: Any) -> None:
+    """The archive's event triggers were dropped only after its schemas: an ``sql_drop``
+    trigger writing to a table of an excluded schema recorded every object of the replaced
+    schemas there, a change outside the archive committed with the restore."""
+    from tests.test_in_place import plain_target
+
+    db, settings = await plain_target(make_settings, "rvevtip", 100)
+    settings.targets["rvevtip"].exclude_schemas.append("audit")
+    psql(db, "-c", """
+        CREATE SCHEMA audit;
+        CREATE TABLE audit.dropped (n int);
+        CREATE FUNCTION audit.note_drops() RETURNS event_trigger LANGUAGE plpgsql AS
+            'BEGIN INSERT INTO audit.dropped
+                   SELECT count(*) FROM pg_event_trigger_dropped_objects(); END';
+        CREATE EVENT TRIGGER note_drops ON sql_drop EXECUTE FUNCTION audit.note_drops();""")
+    async with running_app(settings) as c:
+        job = await backup(c, "rvevtip")
+        done = await restore(c, "rvevtip", {"backup_id": job["result"]["backup_id"],
+                                            "mode": "in_place", "confirm": "rvevtip"})
+    conn = await admin_conn(db)
+    try:
+        noted = await conn.fetchval("SELECT count(*) FROM audit.dropped")
+        back = await conn.fetchval("SELECT count(*) FROM pg_event_trigger "
+                                   "WHERE evtname = 'note_drops'")
+    finally:
+        await conn.close()
+    await drop_db(db)
+    assert done["status"] == "succeeded", done["error"]
+    assert back == 1  # the archive's trigger is back
+    assert noted == 0, "the restore fired the archive's event trigger outside the archive"

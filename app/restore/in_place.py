@@ -5,6 +5,8 @@ partition's inherited primary key first and fails; pagila shows it). So pgvault 
 transaction on one psql session that it drives itself:
 
     SET lock_timeout; BEGIN;
+    LOCK TABLE <the archive's tables>;  DO <no outside dependents, checked again>;
+    DROP EVENT TRIGGER <the archive's>;   -- first: they would fire on the drops below
     DROP SCHEMA <each schema the archive holds> CASCADE;  CREATE SCHEMA public ...;
     DROP <its transforms, access methods, publications, servers, ...> IF EXISTS;
     lo_unlink(<the archive's large objects>);
@@ -239,7 +241,12 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
         prelude: str = await conn.fetchval(PRELUDE_SQL, schemas)
         guard = (await conn.fetchval(LOCK_SQL, schemas) + "\n" + _dependents_guard(
             await conn.fetchval("SELECT quote_literal($1::text[]::text)", schemas)))
-        schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(objects))
+        # The archive's event triggers go first: firing on the drops that follow, they would
+        # write outside the archive (an audit table in an excluded schema, say).
+        triggers = [o for o in objects if o.get("type") == "event trigger"]
+        prelude = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(triggers)) + "\n" + prelude
+        schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(
+            [o for o in objects if o.get("type") != "event trigger"]))
         if pg_tools.toc_entries(toc, "SUBSCRIPTION"):
             schemaless += "\n" + await conn.fetchval(
                 SUBSCRIPTIONS_DROP_SQL, [s["name"] for s in doc.get("subscriptions") or []])
