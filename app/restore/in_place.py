@@ -145,13 +145,15 @@ ORDER BY 1"""
 
 # The archive's tables, locked first in the restore's transaction: an outside object made to
 # depend on one of them while the restore waited for its locks is then seen by the check that
-# follows them (views, foreign keys, columns of a table's row type: all lock the table).
+# follows them (views, foreign keys, columns of a table's row type: all lock the table). Only the
+# tables this role may lock: a schema's owner can drop (CASCADE) tables it has no privilege on.
 LOCK_SQL = """
 SELECT coalesce('LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', '
                                             ORDER BY n.nspname, c.relname)
                 || ' IN ACCESS EXCLUSIVE MODE;', '')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p')"""
+WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p')
+  AND has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE')"""
 
 
 def _dependents_guard(schemas_literal: str) -> str:
