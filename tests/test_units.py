@@ -61,7 +61,7 @@ def test_globals_plan_reads_no_name_out_of_the_script() -> None:
         'ALTER ROLE postgres WITH NOSUPERUSER;";',
         'ALTER ROLE "x',
         'ALTER ROLE postgres WITH NOSUPERUSER;" WITH NOSUPERUSER LOGIN;',
-        'COMMENT ON ROLE "we""ird" IS \'a;',
+        'COMMENT ON ROLE other IS \'a;',
         'CREATE ROLE "we""ird";\';',
         'CREATE ROLE "we""ird";',
         "\\unrestrict abc",
@@ -74,7 +74,7 @@ def test_globals_plan_reads_no_name_out_of_the_script() -> None:
     result = plan(script, quoted)
     assert result.skipped == ["postgres", evil]
     assert [line for line in result.sql.splitlines() if line] == [
-        "\\restrict abc", 'COMMENT ON ROLE "we""ird" IS \'a;', 'CREATE ROLE "we""ird";\';',
+        "\\restrict abc", 'COMMENT ON ROLE other IS \'a;', 'CREATE ROLE "we""ird";\';',
         'CREATE ROLE "we""ird";', "\\unrestrict abc"]
     assert "".join(statements(script)) == script
 

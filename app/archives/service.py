@@ -256,9 +256,16 @@ async def _delete_archive(services: Resources, caller: Principal, target: str,
                           backup_id: str) -> None:
     async with services.pool.acquire() as conn:
         in_use = await jobs_repo.archives_in_use(conn, target)
+        writer = await jobs_repo.active_backup(conn, target)
     if backup_id in in_use:
         raise Conflict(f"archive {backup_id} is being read by job {in_use[backup_id]}",
                        job_id=str(in_use[backup_id]))
+    # A running backup's archive looks incomplete; deleting its first objects would not stop it
+    # from writing its manifest and succeeding over an archive that cannot be restored.
+    if writer is not None and (writer["cleanup"] or {}).get(
+            "archive_prefix") == mf.archive_prefix(target, backup_id):
+        raise Conflict(f"archive {backup_id} is being written by job {writer['id']}",
+                       job_id=str(writer["id"]))
     services.manifests.clear()  # another replica may have deleted some: read storage afresh
     archives = await catalogue(services, target)
     archive = next((a for a in archives if a.backup_id == backup_id), None)

@@ -57,11 +57,23 @@ _DATA_LINES = ("DETAIL:", "CONTEXT:", "Command was:", "LINE ", "QUERY:", "WHERE:
 _MAX_LINE = 300
 
 
+# What a tool's own message starts with. A statement quoted after "Command was:" runs on over
+# as many lines as it has (a user mapping's options, password included, one per line) until the
+# next of these.
+_TOOL_LINES = ("pg_restore:", "pg_dump:", "pg_dumpall:", "psql:", "gpg:", "zstd:")
+
+
 def reduce_stderr(text: str) -> str:
     """The last few error lines of a tool's stderr, without the ones that quote data."""
     kept: list[str] = []
+    quoting = False  # inside a statement that "Command was:" began
     for raw in text.splitlines():
         line = " ".join(raw.split())
+        if quoting and not line.startswith(_TOOL_LINES):
+            continue
+        quoting = False
+        if line.startswith("Command was:") or " Command was: " in line:
+            quoting = True
         if not line or line.startswith(_DATA_LINES) or line.startswith("^"):
             continue
         line = line.split(" Command was: ", 1)[0]

@@ -20,7 +20,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +40,8 @@ OWNER_LOCK = ".owner.lock"
 # A folder without its lock file is either from an older version or a moment old (created, not
 # yet locked): only the former is swept, by age.
 UNLOCKED_STALE_S = 600
+# What every version named them: mkdtemp's ``pgvault-<pid>-`` (then, once, the pid's start time).
+_SCRATCH_NAME = re.compile(r"^pgvault-\d+-[A-Za-z0-9_-]+$")
 
 
 @contextlib.asynccontextmanager
@@ -71,7 +75,7 @@ def sweep_orphans(base: Path | None) -> list[Path]:
     """Remove scratch folders (decrypted dumps) that no live process owns: a crash left them."""
     removed = []
     for path in Path(base or tempfile.gettempdir()).glob("pgvault-*"):
-        if not path.is_dir():
+        if not _looks_like_scratch(path):
             continue
         try:
             fd = os.open(path / OWNER_LOCK, os.O_RDWR)
@@ -93,6 +97,22 @@ def sweep_orphans(base: Path | None) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+def _looks_like_scratch(path: Path) -> bool:
+    """A folder (not a link to one) named as pgvault names scratch folders and holding nothing
+    but regular files, as they only ever do. The default base is the machine's shared /tmp: a
+    ``/tmp/pgvault-archives`` storage root, or anyone's folder with a similar name, holds
+    subfolders or links and is never swept."""
+    if not _SCRATCH_NAME.match(path.name):
+        return False
+    try:
+        if not stat.S_ISDIR(path.lstat().st_mode):
+            return False
+        with os.scandir(path) as entries:
+            return all(entry.is_file(follow_symlinks=False) for entry in entries)
+    except OSError:
+        return False
 
 
 async def _feed(ctx: JobContext, key: str, pipeline: Pipeline, digest: hashlib._Hash,

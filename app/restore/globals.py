@@ -8,8 +8,10 @@ reported for a password reset.
 No role name is ever taken out of the script: a name can hold spaces, quotes, semicolons and
 newlines. The script is cut into whole statements (outside quoted identifiers and literals, as psql
 reads it), and each statement is compared, exactly, with the ones pg_dumpall writes for a role
-(``CREATE ROLE <name>;``, ``ALTER ROLE <name> ...``) with the name as the server quotes it
-(``quote_ident``, the rule pg_dumpall's own quoting follows).
+(``CREATE ROLE <name>;``, ``ALTER ROLE <name> ...``, ``COMMENT ON ROLE <name> IS ...``) with the
+name as the server quotes it (``quote_ident``, the rule pg_dumpall's own quoting follows). A
+membership granted to an existing role (``GRANT <role> TO <name> ...;``) is dropped too: one
+revoked since the backup must not come back with it.
 """
 
 from __future__ import annotations
@@ -85,8 +87,10 @@ def role_of_statement(text: str, statements_of: dict[str, str]) -> str | None:
     text up to each of its spaces is looked up, since a quoted name may hold spaces too."""
     if text in statements_of:
         return statements_of[text]
-    if text.startswith("ALTER ROLE "):
-        at = text.find(" ", len("ALTER ROLE "))
+    for head in ("ALTER ROLE ", "COMMENT ON ROLE "):
+        if not text.startswith(head):
+            continue
+        at = text.find(" ", len(head))
         while at >= 0:
             if (name := statements_of.get(text[:at + 1])) is not None:
                 return name
@@ -94,15 +98,47 @@ def role_of_statement(text: str, statements_of: dict[str, str]) -> str | None:
     return None
 
 
+def _identifier_end(text: str, at: int) -> int:
+    """Where the identifier starting at ``at`` ends: a quoted one at its closing quote (``""``
+    stays inside), a bare one (as quote_ident leaves it) at a space or ``;``."""
+    if text.startswith('"', at):
+        i = at + 1
+        while (i := text.find('"', i)) >= 0:
+            if not text.startswith('""', i):
+                return i + 1
+            i += 2
+        return len(text)
+    ends = [i for i in (text.find(" ", at), text.find(";", at)) if i >= 0]
+    return min(ends, default=len(text))
+
+
+def member_of_grant(text: str, members: dict[str, str]) -> str | None:
+    """The role of ``members`` (quoted -> name) that the membership ``text`` (``GRANT <role> TO
+    <member>[ WITH ...][ GRANTED BY ...];``) is granted to, if it is one of them."""
+    if not text.startswith("GRANT "):
+        return None
+    end = _identifier_end(text, len("GRANT "))
+    if not text.startswith(" TO ", end):
+        return None
+    member_end = _identifier_end(text, end + len(" TO "))
+    rest = text[member_end:]
+    if rest != ";" and not rest.startswith((" WITH ", " GRANTED BY ")):
+        return None
+    return members.get(text[end + len(" TO "):member_end])
+
+
 def plan(script: str, existing: dict[str, str]) -> GlobalsPlan:
     """The script less the statements of roles in ``existing`` (name -> name as the
     destination server quotes it), and which of those it held."""
     statements_of = {f"CREATE ROLE {quoted};": name for name, quoted in existing.items()}
     statements_of |= {f"ALTER ROLE {quoted} ": name for name, quoted in existing.items()}
+    statements_of |= {f"COMMENT ON ROLE {quoted} ": name for name, quoted in existing.items()}
+    members = {quoted: name for name, quoted in existing.items()}
     result = GlobalsPlan(sql="")
     kept: list[str] = []
     for piece in statements(script):
-        role = role_of_statement(statement_text(piece), statements_of)
+        text = statement_text(piece)
+        role = role_of_statement(text, statements_of) or member_of_grant(text, members)
         if role is None:
             kept.append(piece)
         elif role not in result.skipped:

@@ -5,6 +5,8 @@ partition's inherited primary key first and fails; pagila shows it). So pgvault 
 transaction on one psql session that it drives itself:
 
     SET lock_timeout; BEGIN;
+    LOCK TABLE <the archive's tables>;  DO <no outside dependents, checked again>;
+    DROP EVENT TRIGGER <the archive's>;   -- first: they would fire on the drops below
     DROP SCHEMA <each schema the archive holds> CASCADE;  CREATE SCHEMA public ...;
     DROP <its transforms, access methods, publications, servers, ...> IF EXISTS;
     lo_unlink(<the archive's large objects>);
@@ -120,6 +122,53 @@ CROSS JOIN LATERAL (SELECT CASE d.classid
 WHERE owner.nsp IS NOT NULL AND owner.nsp NOT IN (SELECT oid FROM archive)
 ORDER BY 1"""
 
+# Members of the archive's publications (which the restore drops and makes again from the dump)
+# that lie outside its schemas: the dump, their schema excluded, does not hold them, so they would
+# silently leave the publication and stop being replicated.
+PUBLICATION_MEMBERS_SQL = """
+SELECT format('publication %I holds table %I.%I', p.pubname, n.nspname, c.relname) AS name
+FROM pg_publication p
+JOIN pg_publication_rel r ON r.prpubid = p.oid
+JOIN pg_class c ON c.oid = r.prrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE p.pubname = ANY($2::text[]) AND NOT n.nspname = ANY($1::text[])
+ORDER BY 1"""
+PUBLICATION_SCHEMAS_SQL = """
+SELECT format('publication %I holds the tables in schema %I', p.pubname, n.nspname) AS name
+FROM pg_publication p
+JOIN pg_publication_namespace s ON s.pnpubid = p.oid
+JOIN pg_namespace n ON n.oid = s.pnnspid
+WHERE p.pubname = ANY($2::text[]) AND NOT n.nspname = ANY($1::text[])
+ORDER BY 1"""
+
+
+# The archive's tables, locked first in the restore's transaction: an outside object made to
+# depend on one of them while the restore waited for its locks is then seen by the check that
+# follows them (views, foreign keys, columns of a table's row type: all lock the table). Only the
+# tables this role may lock: a schema's owner can drop (CASCADE) tables it has no privilege on.
+LOCK_SQL = """
+SELECT coalesce('LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', '
+                                            ORDER BY n.nspname, c.relname)
+                || ' IN ACCESS EXCLUSIVE MODE;', '')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p')
+  AND has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE')"""
+
+
+def _dependents_guard(schemas_literal: str) -> str:
+    """DEPENDENTS_SQL again, inside the transaction after its locks: the check made before it
+    began cannot see what a concurrent session added since. ``schemas_literal`` is the schema
+    array as the server quoted it; the DO body's tag is random, so no name can end it."""
+    tag = f"$pgvault_{secrets.token_hex(8)}$"
+    query = DEPENDENTS_SQL.replace("$1::text[]", f"{schemas_literal}::text[]")
+    return (f"DO {tag}\nDECLARE outside text;\nBEGIN\n"
+            f"SELECT string_agg(name, ', ') INTO outside FROM ({query}) AS d;\n"
+            "IF outside IS NOT NULL THEN RAISE EXCEPTION 'objects outside the archive depend on "
+            "what it replaces and would be dropped: %; restore into a new database instead', "
+            "left(outside, 1000); END IF;\n"
+            f"END {tag};\n")
+
+
 # What CREATE DATABASE gives public, which dumps never create and whose defaults (owner, ACL,
 # comment) they leave out: recreated as template0 has it, the dump's own statements then bring the
 # source's differences (PostgreSQL 15 and later).
@@ -191,11 +240,22 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     try:
         dependents = [r["name"] for r in await conn.fetch(DEPENDENTS_SQL, schemas)]
         prelude: str = await conn.fetchval(PRELUDE_SQL, schemas)
-        schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(objects))
+        guard = (await conn.fetchval(LOCK_SQL, schemas) + "\n" + _dependents_guard(
+            await conn.fetchval("SELECT quote_literal($1::text[]::text)", schemas)))
+        # The archive's event triggers go first: firing on the drops that follow, they would
+        # write outside the archive (an audit table in an excluded schema, say).
+        triggers = [o for o in objects if o.get("type") == "event trigger"]
+        prelude = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(triggers)) + "\n" + prelude
+        schemaless: str = await conn.fetchval(SCHEMALESS_DROP_SQL, json.dumps(
+            [o for o in objects if o.get("type") != "event trigger"]))
         if pg_tools.toc_entries(toc, "SUBSCRIPTION"):
             schemaless += "\n" + await conn.fetchval(
                 SUBSCRIPTIONS_DROP_SQL, [s.name for s in doc.subscriptions])
         version = int(await conn.fetchval("SHOW server_version_num"))
+        publications = [o["names"][0] for o in objects if o.get("type") == "publication"]
+        for sql in [PUBLICATION_MEMBERS_SQL] + (  # schema members: PostgreSQL 15 and later
+                [PUBLICATION_SCHEMAS_SQL] if version >= 150000 else []):
+            dependents += [r["name"] for r in await conn.fetch(sql, schemas, publications)]
         # A newer pg_restore's script is cut to the settings this server has (see ScriptHeadFitter).
         known = ({r["name"] for r in await conn.fetch("SELECT name FROM pg_catalog.pg_settings")}
                  if tools.script_needs_fitting else None)
@@ -216,7 +276,7 @@ async def replace_in_place(ctx: JobContext, dsn: PgDsn, dump: Path,
     # The target's own settings (ALTER DATABASE ... SET) must not time out or forbid the
     # replacement; pg_restore's script sets them only after the prelude.
     head = (f"SET lock_timeout = '{timeout_s}s';\nSET statement_timeout = 0;\n"
-            f"SET default_transaction_read_only = off;\nBEGIN;\n{prelude}\n")
+            f"SET default_transaction_read_only = off;\nBEGIN;\n{guard}{prelude}\n")
     fitter = pg_tools.ScriptHeadFitter(known) if known is not None else None
     await _run_in_one_transaction(dsn, dump, head, tools, fitter)
     if fitter is not None and fitter.dropped:

@@ -65,6 +65,9 @@ async def _restore_and_read(ctx: JobContext, dsn: PgDsn, dump: Path, selection: 
             await databases.create(conn, scratch, encoding=doc.database_encoding,
                                    collate=doc.database_collate, ctype=doc.database_ctype)
         except asyncpg.PostgresError as exc:
+            # Not created: the name may be another's (taken), so the job's clean-up must not
+            # drop it.
+            await ctx.note_cleanup("drop_database", None)
             raise StepFailed(Step.RESTORE_IN_PLACE, "cannot create a scratch database to name the "
                              f"schemas of archive {doc.backup_id}, which predates their "
                              f"list in its manifest ({type(exc).__name__}, SQLSTATE "

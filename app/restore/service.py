@@ -325,11 +325,18 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
             scratch = f"pgvault_verify_{secrets.token_hex(4)}"
             result["scratch_database"] = scratch
             await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
+            created = False
+
+            async def create(conn: Any) -> None:
+                nonlocal created
+                await _create_database(conn, scratch, doc)
+                created = True  # known even when a cancel lands meanwhile
+
             try:
                 await ctx.set_phase(Step.CREATE_DATABASE)
                 conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
                 try:
-                    await uninterrupted(_create_database(conn, scratch, doc))
+                    await uninterrupted(create(conn))
                 finally:
                     await conn.close()
                 await _pg_restore(ctx, dsn, scratch, plain["database"], doc, jobs=2, tools=tools)
@@ -343,9 +350,12 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 finally:
                     await conn.close()
             finally:
-                result["scratch_database_dropped"] = await asyncio.shield(
-                    _drop_quietly(dsn, scratch))
-                if result["scratch_database_dropped"]:
+                if not created:  # the name may be another's (taken): never drop it
+                    result.pop("scratch_database")
+                else:
+                    result["scratch_database_dropped"] = await asyncio.shield(
+                        _drop_quietly(dsn, scratch))
+                if not created or result["scratch_database_dropped"]:
                     await asyncio.shield(ctx.note_cleanup("drop_database", None))
     result["duration_s"] = round(time.monotonic() - started, 3)
     problems = []

@@ -20,7 +20,10 @@ pgvault reads, writes and deletes only regular files inside its root, and never 
   file) fails the read instead of yielding a mix of two files.
 
 An upload writes ``<key>.upload-<id>`` and renames it into place on completion (atomic on one
-filesystem), so a reader never sees a half-written object under its final key. Blocking file I/O
+filesystem), so a reader never sees a half-written object under its final key. The folder is
+fsynced after every rename and every new subfolder: until then a name is only in memory, and a
+crash could keep the manifest's name yet lose an object's, leaving an archive that looked
+complete when its backup succeeded. Blocking file I/O
 runs in threads, never on the event loop.
 """
 
@@ -72,8 +75,12 @@ class _Folder:
         try:
             for part in parts[:-1]:
                 if create:
-                    with contextlib.suppress(FileExistsError):
+                    try:
                         os.mkdir(part, 0o750, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    else:
+                        os.fsync(fd)  # durable (module docstring)
                 try:
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
@@ -129,6 +136,7 @@ class FileUpload:
                 # file already under the key is replaced, its target left as it was.
                 os.replace(self._partial, self._folder.name,
                            src_dir_fd=self._folder.fd, dst_dir_fd=self._folder.fd)
+                os.fsync(self._folder.fd)  # durable (module docstring)
             finally:
                 self._close()
 
@@ -188,6 +196,7 @@ class FileStorage:
                 os.close(fd)
             if keep:
                 os.replace(tmp, folder.name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
+                os.fsync(folder.fd)  # durable (module docstring)
             else:
                 os.unlink(tmp, dir_fd=folder.fd)
         finally:
