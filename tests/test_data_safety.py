@@ -309,7 +309,7 @@ async def test_a_verification_never_drops_a_database_it_did_not_create(
         client: Any, monkeypatch: Any) -> None:
     """The scratch database's name is random, noted, then created; when CREATE DATABASE
     failed because that name was taken, the clean-up dropped the database that held it."""
-    import app.restore.service as service
+    import app.restore.verify as service
 
     class Drawn:
         @staticmethod

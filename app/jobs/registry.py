@@ -9,7 +9,8 @@ from app.archives.retention import run_retention
 from app.backup.command import cleanup_backup, run_backup
 from app.jobs.context import Cleanup, Handler
 from app.maintenance.service import run_maintenance
-from app.restore.service import cleanup_restore, cleanup_verify, run_restore, run_verify
+from app.restore.service import cleanup_restore, run_restore
+from app.restore.verify import cleanup_verify, run_verify
 
 HANDLERS: dict[str, Handler] = {
     "backup": run_backup,

@@ -1,10 +1,9 @@
-"""The restore and verify commands (SPEC 2.3, 2.4), as lists of named steps.
+"""The restore command (SPEC 2.3) as a list of named steps, and the steps the verify command
+(``verify.py``, SPEC 2.4) shares with it.
 
 restore:  client programs (the pg_restore and psql that fit the destination server, see ``tools``)
           -> fetch (download, check every hash, decrypt) -> globals (optional) -> create database
           (new_database) -> pg_restore -> post-restore checklist.
-verify:   fetch -> ``pg_restore --list`` (checksum) or restore into a scratch database, compare and
-          drop it (restore).
 
 Nothing touches the destination before every object's hash has been checked and decrypted with
 gpg's success status. A ``new_database`` restore that fails is dropped; an ``in_place`` restore runs
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import shutil
 import time
 from datetime import UTC, datetime
@@ -31,7 +29,7 @@ from app.backup.manifest import Manifest
 from app.config import PgDsn
 from app.errors import NotFound, StepFailed
 from app.integrations import pg_errors, pg_tools
-from app.integrations.pg_clients import RestoreTools, ToolVersions
+from app.integrations.pg_clients import RestoreTools
 from app.integrations.process import PipelineError, run
 from app.integrations.target_db import connect_target, end_backends, uninterrupted
 from app.jobs.context import JobContext
@@ -40,7 +38,7 @@ from app.resources import Resources
 from app.restore import checks, database_properties, databases, fetch
 from app.restore import globals as globals_
 from app.restore.in_place import replace_in_place
-from app.restore.tools import archive_reader, restore_tools
+from app.restore.tools import restore_tools
 from app.steps import Step
 
 log = structlog.get_logger("pgvault.restore")
@@ -56,7 +54,7 @@ def default_database_name(target: str, now: datetime | None = None) -> str:
     return f"{target.replace('-', '_')[:40]}_restore_{now:%Y%m%d%H%M%S}"
 
 
-async def _manifest(ctx: JobContext) -> Manifest:
+async def read_manifest(ctx: JobContext) -> Manifest:
     try:
         return await load_manifest(ctx.services, ctx.target, ctx.params["backup_id"],
                                    fresh=True)
@@ -64,7 +62,7 @@ async def _manifest(ctx: JobContext) -> Manifest:
         raise StepFailed(Step.MANIFEST, exc.detail) from None
 
 
-async def _pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
+async def pg_restore(ctx: JobContext, dsn: PgDsn, database: str, dump: Path,
                       doc: Manifest, *, jobs: int, tools: RestoreTools) -> None:
     await ctx.set_phase(Step.RESTORE)
     passes: list[tuple[str, ...]] = [()]
@@ -148,8 +146,8 @@ async def _post_restore(ctx: JobContext, dsn: PgDsn, database: str,
         "analyze": lambda c: maintenance.analyze(c),
         "materialized_views_refreshed": lambda c: maintenance.refresh_materialized_views(c),
         "row_counts": lambda c: checks.compare_rows(c, doc.tables),
-        "invalid_indexes": lambda c: _invalid_indexes(c, doc),
-        "unvalidated_constraints": lambda c: _unvalidated_constraints(c, doc),
+        "invalid_indexes": lambda c: invalid_indexes(c, doc),
+        "unvalidated_constraints": lambda c: unvalidated_constraints(c, doc),
         "subscriptions": checks.subscriptions,
     }
     # The database's own settings (an in-place target keeps them) must not stop the checklist.
@@ -184,7 +182,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
     in_place = params["mode"] == "in_place"
     database = dsn.database if in_place else params["database"]
     severity = int(params.get("severity") or 2)
-    doc = await _manifest(ctx)
+    doc = await read_manifest(ctx)
     tools = await restore_tools(ctx.services.clients, dsn, doc)
     created = committed = False
     roles: dict[str, Any] = {"created": [], "skipped_existing": [], "login_roles": []}
@@ -204,7 +202,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
 
                 async def create() -> None:
                     nonlocal created
-                    await _create_database(conn, database, doc)
+                    await create_database(conn, database, doc)
                     created = True  # known even when a cancel lands meanwhile
                     ctx.result.update(database=database, database_dropped=False)
                     await ctx.note_cleanup("drop_database", database)
@@ -219,7 +217,7 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
                 committed = True
                 ctx.result.update(database=database, committed=True)
             else:
-                await _pg_restore(ctx, dsn, database, plain["database"], doc,
+                await pg_restore(ctx, dsn, database, plain["database"], doc,
                                   jobs=int(params["jobs"]), tools=tools)
         if in_place and ctx.cancelling:
             # The cancel came while the COMMIT was with the server, and it committed.
@@ -277,7 +275,7 @@ async def _abandon_database(ctx: JobContext, dsn: PgDsn, database: str, created:
         ctx.result.update(database=database, database_dropped=False, database_kept=True)
         await asyncio.shield(ctx.note_cleanup("drop_database", None))
         return
-    dropped = await asyncio.shield(_drop_quietly(dsn, database))
+    dropped = await asyncio.shield(drop_quietly(dsn, database))
     ctx.result.update(database=database, database_dropped=dropped)
     if dropped:
         await asyncio.shield(ctx.note_cleanup("drop_database", None))
@@ -300,104 +298,14 @@ def _rows_word(checklist: dict[str, Any]) -> str:
     return "match" if checklist["row_counts"]["ok"] else "DIFFER"
 
 
-async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
-    started = time.monotonic()
-    level = ctx.params.get("level", "checksum")
-    doc = await _manifest(ctx)
-    dsn = ctx.services.settings.targets[ctx.target].parsed_dsn
-    # Kept in the job's result even if the verification fails (what it found so far).
-    result = ctx.result
-    result.update(backup_id=doc.backup_id, level=level)
-    reader = archive_reader(ctx.services.clients, doc)
-    tools = await restore_tools(ctx.services.clients, dsn, doc) if level == "restore" else None
-    result["tools"] = ToolVersions(pg_restore=reader.version).as_dict()
-    async with fetch.scratch_dir(ctx) as workdir:
-        plain = await fetch.fetch(ctx, doc, workdir)
-        result["objects_checked"] = len(doc.objects)
-        await ctx.set_phase(Step.TABLE_OF_CONTENTS)
-        try:
-            toc = await run(pg_tools.pg_restore_list_stage(reader, plain["database"]))
-        except PipelineError as exc:
-            raise StepFailed(Step.PG_RESTORE_LIST, str(exc)) from None
-        result["toc_entries"] = sum(1 for line in toc.decode().splitlines()
-                                    if line and not line.startswith(";"))
-        if tools is not None:
-            scratch = f"pgvault_verify_{secrets.token_hex(4)}"
-            result["scratch_database"] = scratch
-            await ctx.note_cleanup("drop_database", scratch)  # random name: note it first
-            created = False
-
-            async def create(conn: Any) -> None:
-                nonlocal created
-                await _create_database(conn, scratch, doc)
-                created = True  # known even when a cancel lands meanwhile
-
-            try:
-                await ctx.set_phase(Step.CREATE_DATABASE)
-                conn = await connect_target(dsn, settings=SESSION_DEFAULTS)
-                try:
-                    await uninterrupted(create(conn))
-                finally:
-                    await conn.close()
-                await _pg_restore(ctx, dsn, scratch, plain["database"], doc, jobs=2, tools=tools)
-                result["tools"] = tools.used.as_dict()
-                await ctx.set_phase(Step.COMPARE)
-                conn = await connect_target(dsn, scratch, settings=SESSION_DEFAULTS)
-                try:
-                    result["row_counts"] = await checks.compare_rows(conn, doc.tables)
-                    result["invalid_indexes"] = await _invalid_indexes(conn, doc)
-                    result["unvalidated_constraints"] = await _unvalidated_constraints(conn, doc)
-                finally:
-                    await conn.close()
-            finally:
-                if not created:  # the name may be another's (taken): never drop it
-                    result.pop("scratch_database")
-                else:
-                    result["scratch_database_dropped"] = await asyncio.shield(
-                        _drop_quietly(dsn, scratch))
-                if not created or result["scratch_database_dropped"]:
-                    await asyncio.shield(ctx.note_cleanup("drop_database", None))
-    result["duration_s"] = round(time.monotonic() - started, 3)
-    problems = []
-    if level == "restore":
-        if not result["row_counts"]["ok"]:
-            problems.append(f"{len(result['row_counts']['mismatches'])} table(s) differ")
-        # Only what the source did not have itself: its own ON ONLY partitioned indexes and
-        # NOT VALID constraints come back exactly as they were, as they should.
-        if worse := checks.made_worse(result["invalid_indexes"]):
-            problems.append(f"{len(worse)} invalid index(es) the source did not have")
-        if worse := checks.made_worse(result["unvalidated_constraints"]):
-            problems.append(f"{len(worse)} unvalidated constraint(s) the source did not have")
-    if problems:
-        # Rows that differ from the manifest condemn the archive ("compare"); an invalid index or
-        # a NOT VALID constraint may have come from the source itself ("checks").
-        raise StepFailed(Step.COMPARE if not result["row_counts"]["ok"] else Step.CHECKS,
-                         "; ".join(problems))
-    summary = (f"{level} verification of {doc.backup_id} passed: "
-               f"{result['objects_checked']} object(s), {result['toc_entries']} TOC entries"
-               + (f", {result['row_counts']['tables_checked']} tables match"
-                  + _excused(result) if level == "restore" else "")
-               + f" in {result['duration_s']:.1f} s")
-    return result, summary
-
-
-async def _invalid_indexes(conn: Any, doc: Manifest) -> list[dict[str, Any]]:
+async def invalid_indexes(conn: Any, doc: Manifest) -> list[dict[str, Any]]:
     return checks.against_source(await checks.invalid_indexes(conn),
                                  doc.invalid_indexes, checks.INDEX_KEY)
 
 
-async def _unvalidated_constraints(conn: Any, doc: Manifest) -> list[dict[str, Any]]:
+async def unvalidated_constraints(conn: Any, doc: Manifest) -> list[dict[str, Any]]:
     return checks.against_source(await checks.unvalidated_constraints(conn),
                                  doc.not_valid_constraints, checks.CONSTRAINT_KEY)
-
-
-def _excused(result: dict[str, Any]) -> str:
-    """What the source had itself, said so: a reader must not think it went unnoticed."""
-    indexes, constraints = result["invalid_indexes"], result["unvalidated_constraints"]
-    if not indexes and not constraints:
-        return ""
-    return (f" ({len(indexes)} invalid index(es) and {len(constraints)} NOT VALID "
-            "constraint(s), as in the source)")
 
 
 def _as_in_source(found: list[dict[str, Any]]) -> str:
@@ -405,7 +313,7 @@ def _as_in_source(found: list[dict[str, Any]]) -> str:
     return f" (+{same} as in the source)" if same else ""
 
 
-async def _create_database(conn: Any, name: str, doc: Manifest) -> None:
+async def create_database(conn: Any, name: str, doc: Manifest) -> None:
     try:
         await databases.create(conn, name, encoding=doc.database_encoding,
                                collate=doc.database_collate, ctype=doc.database_ctype)
@@ -417,7 +325,7 @@ async def _create_database(conn: Any, name: str, doc: Manifest) -> None:
                          f"and locale: {pg_errors.describe(exc)}") from None
 
 
-async def _drop_quietly(dsn: PgDsn, database: str) -> bool:
+async def drop_quietly(dsn: PgDsn, database: str) -> bool:
     """DROP DATABASE ... WITH (FORCE); whether it is gone (False: the server could not be
     reached or refused; the failure is logged, not raised, as this runs on failure paths)."""
     try:
@@ -435,25 +343,17 @@ async def _drop_quietly(dsn: PgDsn, database: str) -> bool:
 async def cleanup_restore(services: Resources, cleanup: dict[str, Any],
                           target: str) -> dict[str, Any]:
     """Undo a dead worker's restore: its scratch folder and the database it created."""
-    dropped = await _undo_leftovers(services, cleanup, target)
+    dropped = await undo_leftovers(services, cleanup, target)
     return {"database": dropped[0], "database_dropped": dropped[1]} if dropped else {}
 
 
-async def cleanup_verify(services: Resources, cleanup: dict[str, Any],
-                         target: str) -> dict[str, Any]:
-    """Undo a dead worker's verification: its scratch folder and scratch database."""
-    dropped = await _undo_leftovers(services, cleanup, target)
-    return ({"scratch_database": dropped[0], "scratch_database_dropped": dropped[1]}
-            if dropped else {})
-
-
-async def _undo_leftovers(services: Resources, cleanup: dict[str, Any],
+async def undo_leftovers(services: Resources, cleanup: dict[str, Any],
                           target: str) -> tuple[str, bool] | None:
     scratch = cleanup.get("scratch_dir")
     if scratch:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
     database = cleanup.get("drop_database")
     if database and target in services.settings.targets:
-        return database, await _drop_quietly(services.settings.targets[target].parsed_dsn,
+        return database, await drop_quietly(services.settings.targets[target].parsed_dsn,
                                              database)
     return None
