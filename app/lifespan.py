@@ -29,7 +29,7 @@ from app.jobs.runner import JobRunner
 from app.monitoring.pools import MonitoringPools
 from app.resources import Resources
 from app.restore.fetch import sweep_orphans
-from app.schedules.service import Scheduler
+from app.schedules.scheduler import Scheduler
 from app.security import redact
 
 log = structlog.get_logger("pgvault")

@@ -10,8 +10,8 @@ from app.backup.manifest import backup_time, new_backup_id
 from app.config import BACKUP_ID_RE, PgDsn
 from app.integrations.gpg import decryption_succeeded
 from app.integrations.pg_tools import conninfo_dbname
+from app.restore.command import default_database_name
 from app.restore.globals import created_roles, plan, statements
-from app.restore.service import default_database_name
 from app.security import redact
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from app.archives.retention import run_retention
 from app.backup.command import cleanup_backup, run_backup
 from app.jobs.context import Cleanup, Handler
-from app.maintenance.service import run_maintenance
-from app.restore.service import cleanup_restore, run_restore
+from app.maintenance.command import run_maintenance
+from app.restore.command import cleanup_restore, run_restore
 from app.restore.verify import cleanup_verify, run_verify
 
 HANDLERS: dict[str, Handler] = {

@@ -8,7 +8,7 @@ from app.backup.router import IdempotencyKey
 from app.dependencies import Admin, BackupId, Operator, ServicesDep, TargetName, known_target
 from app.errors import STORAGE_ERRORS, problem_response
 from app.jobs.schemas import Job
-from app.restore import requests
+from app.restore import service
 from app.restore.schemas import RESTORE_EXAMPLES, VERIFY_EXAMPLES, RestoreRequest, VerifyRequest
 
 router = APIRouter(prefix="/v1/targets", tags=["restores"])
@@ -24,7 +24,7 @@ async def start_restore(target: TargetName,
                         caller: Admin, response: Response,
                         idempotency_key: IdempotencyKey = None) -> Job:
     """Restore an archive into a new database (default) or in place; the result has a checklist."""
-    job = await requests.start_restore(services, caller, known_target(services, target), body,
+    job = await service.start_restore(services, caller, known_target(services, target), body,
                                        idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job
@@ -39,7 +39,7 @@ async def start_verify(target: TargetName, backup_id: BackupId, services: Servic
                                        Body(openapi_examples=VERIFY_EXAMPLES)] = None,
                        idempotency_key: IdempotencyKey = None) -> Job:
     """Verify an archive: checksum (hash, decrypt, TOC) or restore (into a scratch database)."""
-    job = await requests.start_verify(services, caller, known_target(services, target), backup_id,
+    job = await service.start_verify(services, caller, known_target(services, target), backup_id,
                                       body or VerifyRequest(), idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job

@@ -17,7 +17,7 @@ from app.integrations.target_db import connect_target, uninterrupted
 from app.jobs.context import JobContext
 from app.resources import Resources
 from app.restore import checks, fetch
-from app.restore.service import (
+from app.restore.command import (
     SESSION_DEFAULTS,
     create_database,
     drop_quietly,
