@@ -8,6 +8,7 @@ only the result. A broken stream is reopened: the service replays the job's curr
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -129,11 +130,23 @@ def _line(job: dict[str, Any], now: float, start: tuple[float, int]) -> str:
         parts.append(f"{naturalsize(done)}" + (f" of ~{naturalsize(total)}" if total else ""))
         elapsed = now - start[0]
         rate = (done - start[1]) / elapsed if elapsed > 0.5 else 0.0
+        if job["status"] in TERMINAL and (took := _took(job)):
+            rate = done / took  # the last line: the whole job's rate, however short its phases
         if rate > 0:
             parts.append(f"{naturalsize(rate)}/s")
             if total and total > done and job["status"] == "running":
                 parts.append(f"ETA {_duration((total - done) / rate)}")
     return "  ".join(parts)
+
+
+def _took(job: dict[str, Any]) -> float:
+    """Seconds from the job's start to its end (0 when either is unknown)."""
+    try:
+        started = datetime.fromisoformat(job["started_at"])
+        finished = datetime.fromisoformat(job["finished_at"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+    return max((finished - started).total_seconds(), 0.0)
 
 
 def _duration(seconds: float) -> str:
