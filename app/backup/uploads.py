@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from pathlib import Path
 
 from app.config import Settings
 from app.errors import StepFailed
 from app.integrations import gpg, zstd
-from app.integrations.process import Pipeline, PipelineError, PipeWriter, Stage
+from app.integrations.process import Pipeline, PipelineError, Stage
 from app.integrations.storage import Storage, StorageError, Upload
 from app.integrations.streaming import Stored, pipeline_to_storage
 from app.jobs.context import JobContext
@@ -81,15 +80,12 @@ async def upload_document(ctx: JobContext, storage: Storage, step: Step, key: st
                           data: bytes) -> Stored:
     """A small document from memory through ``zstd | gpg`` into storage, as the dump goes: its
     plaintext never touches the disk."""
-    settings = ctx.services.settings
-    feed_r, feed_w = os.pipe()
-    feed = PipeWriter(feed_w, "document")
-    pipeline = Pipeline(_encrypt_stages(settings), stdin=feed_r)
+    pipeline = Pipeline(_encrypt_stages(ctx.services.settings), feed=True)
 
     async def fill() -> None:
         with contextlib.suppress(BrokenPipeError):  # zstd stopped: its exit code says why
-            await feed.write(data)
-        await feed.close()
+            await pipeline.write(data)
+        await pipeline.close_input()
 
     filling: asyncio.Task[None] | None = None
     try:
@@ -98,12 +94,10 @@ async def upload_document(ctx: JobContext, storage: Storage, step: Step, key: st
         except OSError as exc:
             raise StepFailed(step, f"cannot start {exc.filename or 'a tool'}: "
                                    f"{exc.strerror}") from None
-        finally:
-            os.close(feed_r)
         filling = asyncio.create_task(fill())
         return await upload(ctx, storage, step, key, pipeline, started=True)
     finally:
-        await feed.close()  # the pipeline is done or killed by now: a blocked write ends
+        await pipeline.close_input()  # the pipeline is done or killed by now: a blocked write ends
         if filling is not None:
             with contextlib.suppress(BaseException):
                 await filling
