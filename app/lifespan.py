@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from fastapi import FastAPI
 
 from app import db
 from app.config import ConfigError, Settings
-from app.integrations import gpg, pg_clients
+from app.integrations import gpg, pg_clients, zstd
 from app.integrations.storage import open_storage
 from app.integrations.webhooks import Notifier
 from app.jobs.registry import CLEANUPS, HANDLERS
@@ -34,9 +33,6 @@ from app.security import redact
 
 log = structlog.get_logger("pgvault")
 
-REQUIRED_TOOLS = ["gpg", "zstd"]
-
-
 @dataclass(frozen=True)
 class Services:
     """The app shell's handles: the resources, and the runner and scheduler built on them."""
@@ -47,7 +43,9 @@ class Services:
 
 
 async def check_tools(settings: Settings) -> pg_clients.PgClients:
-    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    # Each program's own wrapper knows how to tell it is there.
+    missing = [name for name, there in (("gpg", gpg.installed()), ("zstd", zstd.installed()))
+               if not there]
     if missing:
         raise ConfigError(f"required programs not found on PATH: {', '.join(missing)}")
     clients = await asyncio.to_thread(pg_clients.discover, settings.pg_bin_dirs)

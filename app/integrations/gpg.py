@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,12 @@ BASE_ARGS = [
 
 class KeyringError(Exception):
     """The keyring is unusable or a recipient key cannot encrypt."""
+
+
+def installed() -> bool:
+    """Whether ``gpg`` is on PATH (the start-up check; python-gnupg checks its version when it
+    opens the keyring)."""
+    return shutil.which("gpg") is not None
 
 
 def encrypt_stage(home: Path, recipients: list[str]) -> Stage:
