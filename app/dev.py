@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from app.config import DATABASE_NAME_RE
+from app.dsn import PgDsn
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / ".dev"
@@ -30,9 +31,12 @@ HOST, PORT = os.environ.get("PGVAULT_DEV_HOST", "127.0.0.1"), int(
 
 def psql(db: str, *args: str, sql: str | None = None) -> str:
     """Run psql; ``sql`` goes on stdin, where psql interpolates (and quotes) its variables."""
-    return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d",
-                           f"{PG}/{db}", *args], input=sql, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    # The connection (a password too, if PGVAULT_DEV_PG has one) through libpq's environment,
+    # never argv, where ps shows it.
+    env = {**os.environ, **PgDsn.parse(f"{PG}/{db}").libpq_env(db)}
+    return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", *args],
+                          input=sql, check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
 
 
 def ensure_database(name: str) -> bool:
@@ -76,9 +80,10 @@ def ensure_key(home: Path) -> str:
 
 def ensure_token() -> str:
     path = DEV / "token"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+    if not path.exists():  # created readable by its owner only, never for a moment by others
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 
