@@ -27,7 +27,7 @@ from tests.conftest import (
     running_app,
     wait_job,
 )
-from tests.test_restore import fingerprint, restore
+from tests.test_restore import change_then_restore_in_place, fingerprint, restore
 
 
 async def plain_target(make_settings: Any, name: str, rows: int) -> tuple[str, Any]:
@@ -51,14 +51,9 @@ async def test_in_place_on_a_plain_database(make_settings: Any) -> None:
     db, settings = await plain_target(make_settings, "plainip", 1000)
     async with running_app(settings) as c:
         job = await backup(c, "plainip")
-        before = await fingerprint(db)
-        conn = await admin_conn(db)
-        try:
-            await conn.execute("DELETE FROM sales.orders; UPDATE public.t SET note = 'x'")
-        finally:
-            await conn.close()
-        done = await restore(c, "plainip", {"backup_id": job["result"]["backup_id"],
-                                            "mode": "in_place", "confirm": "plainip"})
+        before, done = await change_then_restore_in_place(
+            c, "plainip", db, job["result"]["backup_id"],
+            "DELETE FROM sales.orders; UPDATE public.t SET note = 'x'")
     assert done["status"] == "succeeded", done["error"]
     assert await fingerprint(db) == before
     conn = await admin_conn(db)
@@ -180,10 +175,8 @@ async def test_in_place_replaces_objects_that_live_in_no_schema(make_settings: A
                    "CREATE PUBLICATION pgv_pub FOR TABLE public.t")
     async with running_app(settings) as c:
         job = await backup(c, "globalip")
-        before = await fingerprint(db)
-        psql(db, "-c", "DELETE FROM sales.orders")
-        done = await restore(c, "globalip", {"backup_id": job["result"]["backup_id"],
-                                             "mode": "in_place", "confirm": "globalip"})
+        before, done = await change_then_restore_in_place(
+            c, "globalip", db, job["result"]["backup_id"], "DELETE FROM sales.orders")
     assert done["status"] == "succeeded", done["error"]
     assert await fingerprint(db) == before
     published = psql(db, "-Atc", "SELECT count(*) FROM pg_publication_tables "
@@ -264,10 +257,9 @@ async def test_in_place_replaces_transforms_and_table_access_methods(make_settin
                    "prsd_lextype(internal), TO SQL WITH FUNCTION int4recv(internal))")
     async with running_app(settings) as c:
         job = await backup(c, "amip")
-        before = await fingerprint(db)
-        psql(db, "-c", "DELETE FROM public.h; DELETE FROM sales.orders")
-        done = await restore(c, "amip", {"backup_id": job["result"]["backup_id"],
-                                         "mode": "in_place", "confirm": "amip"})
+        before, done = await change_then_restore_in_place(
+            c, "amip", db, job["result"]["backup_id"],
+            "DELETE FROM public.h; DELETE FROM sales.orders")
     assert done["status"] == "succeeded", done["error"]
     assert await fingerprint(db) == before
     method = psql(db, "-Atc", "SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam "

@@ -30,7 +30,7 @@ from tests.conftest import (
     running_app,
     wait_job,
 )
-from tests.test_restore import fingerprint, restore
+from tests.test_restore import change_then_restore_in_place, fingerprint, restore
 
 STUB = """#!/bin/sh
 if [ "$1" = "--version" ]; then echo "{program} (PostgreSQL) {version}"; exit 0; fi
@@ -182,14 +182,8 @@ async def test_backup_and_in_place_restore_record_the_clients_they_chose(
         detail = (await c.get(f"/v1/targets/clients/archives/{backup_id}",
                               headers=auth("viewer"))).json()
         assert detail["manifest"]["pg_dump_version"] == job["result"]["tools"]["pg_dump"]
-        before = await fingerprint(db)
-        conn = await admin_conn(db)
-        try:
-            await conn.execute("DELETE FROM t WHERE id > 100")
-        finally:
-            await conn.close()
-        done = await restore(c, "clients", {"backup_id": backup_id, "mode": "in_place",
-                                            "confirm": "clients"})
+        before, done = await change_then_restore_in_place(c, "clients", db, backup_id,
+                                                          "DELETE FROM t WHERE id > 100")
     assert done["status"] == "succeeded", done["error"]
     assert await fingerprint(db) == before
     used = done["result"]["tools"]
@@ -270,14 +264,8 @@ async def test_an_in_place_restore_with_a_newer_pg_restore_fits_its_script(
         await conn.close()
     async with running_app(_stub_settings(make_settings, folder, "newer", db)) as c:
         job = await backup(c, "newer")
-        before = await fingerprint(db)
-        conn = await admin_conn(db)
-        try:
-            await conn.execute("UPDATE t SET note = 'changed'")
-        finally:
-            await conn.close()
-        done = await restore(c, "newer", {"backup_id": job["result"]["backup_id"],
-                                          "mode": "in_place", "confirm": "newer"})
+        before, done = await change_then_restore_in_place(
+            c, "newer", db, job["result"]["backup_id"], "UPDATE t SET note = 'changed'")
     assert done["status"] == "succeeded", done["error"]
     assert done["result"]["tools"]["pg_restore"] == "16.4"
     assert done["result"]["tools"]["psql"].startswith("15.")

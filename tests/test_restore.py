@@ -65,6 +65,20 @@ async def restore(client: Any, target: str, body: dict[str, Any]) -> dict[str, A
     return await wait_job(client, resp.json()["id"], timeout=180)
 
 
+async def change_then_restore_in_place(client: Any, target: str, db: str, backup_id: str,
+                                       change_sql: str) -> tuple[Any, dict[str, Any]]:
+    """The target's contents now, then ``change_sql`` run on it, then ``backup_id`` restored
+    in place: ``(contents before the change, the finished restore job)``."""
+    before = await fingerprint(db)
+    conn = await admin_conn(db)
+    try:
+        await conn.execute(change_sql)
+    finally:
+        await conn.close()
+    return before, await restore(client, target, {"backup_id": backup_id, "mode": "in_place",
+                                                  "confirm": target})
+
+
 def flip_byte(s3: Any, bucket: str, key: str, offset: int) -> None:
     data = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     data[offset % len(data)] ^= 0x01
