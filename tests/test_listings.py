@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.conftest import (
@@ -86,6 +87,9 @@ async def test_jobs_and_audit_listings_survive_a_broken_row(make_settings: Any) 
         metrics = await c.get("/metrics")
         assert metrics.status_code == 200, metrics.text
         assert 'pgvault_rpo_compliant{target="pagila"} 0.0' in metrics.text
+        # The RPO alert reads the record the same way: a breach, not a fresh good backup.
+        scheduler = c.app.state.services.scheduler  # type: ignore[attr-defined]
+        assert "pagila" in await scheduler.check_rpo(datetime.now(UTC))
 
         resp = await c.get("/v1/audit", headers=auth("admin"))
         assert resp.status_code == 200, resp.text

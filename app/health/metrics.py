@@ -35,7 +35,7 @@ from app.archives import service as archives
 from app.archives.schemas import Archive
 from app.jobs import repository as jobs_repo
 from app.resources import Resources
-from app.targets.rpo import within_rpo
+from app.targets.rpo import good_backup, within_rpo
 
 # Job durations run from seconds (a checksum verify) to hours (a restore of a large database).
 DURATION_BUCKETS = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
@@ -129,16 +129,13 @@ class FactsCollector(Collector):
         uploaded = _gauge("pgvault_backup_running_uploaded_bytes",
                           "Bytes the running backup has stored so far (0: none runs)")
         for name in f.targets:
-            row = f.last_backup.get(name)
-            result = row["result"] if row is not None else None
+            good = good_backup(f.last_backup.get(name))  # a damaged record: none known
             ok = False
-            # A damaged job record reads as no known good backup, as target status reads it.
-            if row is not None and isinstance(result, dict) \
-                    and isinstance(result.get("backup_id"), str):
-                finished = row["finished_at"].timestamp()
+            if good is not None:
+                finished = good.finished_at.timestamp()
                 last_ts.add_metric([name], finished)
-                last_size.add_metric([name], _number(result.get("size_bytes")))
-                last_dur.add_metric([name], _number(result.get("duration_s")))
+                last_size.add_metric([name], good.size_bytes)
+                last_dur.add_metric([name], good.duration_s)
                 ok = within_rpo(f.now - finished, f.rpo_hours)
             rpo_ok.add_metric([name], 1 if ok else 0)
             job = f.running_backup.get(name)
@@ -212,7 +209,3 @@ async def metrics_text(services: Resources) -> bytes:
     data: bytes = generate_latest(registry)
     return data
 
-
-def _number(value: Any) -> float:
-    """A stored figure, or 0 when the record holds something else."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

@@ -25,7 +25,7 @@ from app.loops import LoopService
 from app.resources import Resources
 from app.schedules import repository as repo
 from app.security import Principal
-from app.targets.rpo import within_rpo
+from app.targets.rpo import good_backup, within_rpo
 
 log = structlog.get_logger("pgvault.scheduler")
 
@@ -117,8 +117,8 @@ class Scheduler:
             last = {r["target"]: r for r in await jobs_repo.last_succeeded(conn, "backup", names)}
         breached = []
         for name in names:
-            row = last.get(name)
-            finished = row["finished_at"] if row else None
+            good = good_backup(last.get(name))
+            finished = good.finished_at if good else None
             age = None if finished is None else (now - finished).total_seconds()
             if within_rpo(age, self.settings.rpo_hours):
                 continue

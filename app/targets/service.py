@@ -7,11 +7,10 @@ from typing import Any
 
 import structlog
 from croniter import croniter
-from pydantic import ValidationError
 
 from app.jobs import repository as jobs_repo
 from app.resources import Resources
-from app.targets.rpo import within_rpo
+from app.targets.rpo import good_backup, within_rpo
 from app.targets.schemas import LastBackup, Schedule, TargetList, TargetStatus
 
 log = structlog.get_logger("pgvault.targets")
@@ -21,16 +20,15 @@ def _status(services: Resources, name: str, last: Any, now: datetime) -> TargetS
     cfg = services.settings.targets[name]
     dsn = cfg.parsed_dsn
     last_backup = None
-    if last is not None:
-        try:
-            last_backup = LastBackup(
-                backup_id=last["result"]["backup_id"], job_id=last["id"],
-                finished_at=last["finished_at"], size_bytes=last["result"].get("size_bytes", 0),
-                age_s=round((now - last["finished_at"]).total_seconds(), 1))
-        except (KeyError, TypeError, AttributeError, ValidationError):
-            # A damaged job record must not take every target's status down. Read as "no
-            # known good backup": the RPO shows as broken and a human looks, the safe side.
-            log.warning("backup_record_unreadable", target=name, job_id=str(last["id"]))
+    if (good := good_backup(last)) is not None:
+        last_backup = LastBackup(
+            backup_id=good.backup_id, job_id=good.job_id, finished_at=good.finished_at,
+            size_bytes=int(good.size_bytes),
+            age_s=round((now - good.finished_at).total_seconds(), 1))
+    elif last is not None:
+        # A damaged job record must not take every target's status down. Read as "no known
+        # good backup": the RPO shows as broken and a human looks, the safe side.
+        log.warning("backup_record_unreadable", target=name, job_id=str(last["id"]))
     rpo_ok = within_rpo(last_backup.age_s if last_backup else None, services.settings.rpo_hours)
     schedules = {}
     for kind, expr in cfg.effective_schedules().items():
