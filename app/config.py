@@ -12,7 +12,6 @@ import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -26,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from app.config_models import AnomalyConfig, CopyConfig, ObjectLockMode, check_storage_url
 from app.dsn import PgDsn as PgDsn  # the DSN type, re-exported where settings use it
 
 TARGET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -56,6 +56,13 @@ class TargetConfig(BaseModel):
     exclude_schemas: list[str] = Field(default_factory=list, description=(
         "schemas left out of backups, each matched exactly (case included, no wildcards)"))
     row_counts: bool = Field(True, description="exact row counts in the manifest")
+    verify_every_archive: bool = Field(True, description=(
+        "restore-test every complete archive without a conclusive verification (SPEC 2.14)"))
+    verify_budget_per_day: int = Field(2, ge=0, le=1000, description=(
+        "at most this many of those restore tests per day"))
+    anomaly: AnomalyConfig | Literal[False] = Field(
+        default_factory=AnomalyConfig,
+        description="when a new archive is suspect; false turns the guard off")
 
     @field_validator("dsn")
     @classmethod
@@ -109,9 +116,11 @@ class TargetConfig(BaseModel):
         return {**DEFAULT_SCHEDULES, **self.schedules}
 
 
-WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "rpo.breach"]
-ALL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "job.cancelled",
-                                                "rpo.breach")
+WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "job.stalled",
+                      "rpo.breach", "backup.suspect", "copy.failed"]
+ALL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = (
+    "job.succeeded", "job.failed", "job.cancelled", "job.stalled", "rpo.breach",
+    "backup.suspect", "copy.failed")
 
 
 class WebhookConfig(BaseModel):
@@ -140,6 +149,11 @@ class Settings(BaseSettings):
     storage_url: str = Field(description="s3://bucket/prefix or file:///absolute/path")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint")
     s3_region: str = Field("us-east-1")
+    object_lock_days: int | None = Field(None, ge=1, le=36500, description=(
+        "S3 Object Lock retention of every object written to the primary storage"))
+    object_lock_mode: ObjectLockMode = "governance"
+    copies: list[CopyConfig] = Field(default_factory=list, description=(
+        "further storage locations every archive is also written to (SPEC 2.15)"))
     gpg_home: Path = Field(description="GnuPG home directory (keyring)")
     gpg_recipients: list[str] = Field(description="JSON list of recipient key fingerprints")
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
@@ -155,6 +169,8 @@ class Settings(BaseSettings):
     upload_part_size: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
     upload_concurrency: int = Field(2, ge=1, le=8)
     lock_wait_timeout_s: int = Field(60, ge=1)
+    stall_timeout_s: float = Field(900, gt=0, description=(
+        "seconds without a change of phase or progress before a running job fails as stalled"))
     gpg_passphrase: SecretStr | None = Field(None, description="passphrase of the private key")
     work_dir: Path | None = Field(None, description="scratch space for restores (default: tmp)")
     pg_bin_dirs: list[Path] = Field(
@@ -201,15 +217,16 @@ class Settings(BaseSettings):
     @field_validator("storage_url")
     @classmethod
     def _storage_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme == "s3":
-            if not parts.netloc:
-                raise ValueError("s3:// URL needs a bucket: s3://bucket/prefix")
-        elif parts.scheme == "file":
-            if parts.netloc or not parts.path.startswith("/"):
-                raise ValueError("file:// URL needs an absolute path: file:///var/lib/pgvault")
-        else:
-            raise ValueError("must start with s3:// or file://")
+        return check_storage_url(value)
+
+    @field_validator("copies")
+    @classmethod
+    def _copy_names(cls, value: list[CopyConfig]) -> list[CopyConfig]:
+        names = [c.name for c in value]
+        if len(names) != len(set(names)):
+            raise ValueError("two copies share one name")
+        for copy in value:
+            copy.credentials()  # a named variable that is unset fails at start-up, not later
         return value
 
     @field_validator("gpg_recipients", mode="before")
@@ -268,6 +285,10 @@ class Settings(BaseSettings):
         if self.gpg_passphrase is not None:
             found.append(self.gpg_passphrase.get_secret_value())
         found += [str(hook.url) for hook in self.webhooks]
+        for copy in self.copies:
+            creds = copy.credentials()
+            if creds is not None:
+                found.append(creds[1])
         return [s for s in found if len(s) >= 3]
 
 

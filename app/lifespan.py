@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from app import db
 from app.config import ConfigError, Settings
 from app.integrations import gpg, pg_clients, zstd
-from app.integrations.storage import open_storage
+from app.integrations.storage import open_copies, open_primary
 from app.integrations.webhooks import Notifier
 from app.jobs.registry import CLEANUPS, HANDLERS
 from app.jobs.runner import JobRunner
@@ -94,14 +94,15 @@ async def start_services(settings: Settings) -> Services:
     clients = await check_tools(settings)
     await check_keyring(settings)
     pool = await db.create_pool(settings)
-    storage = await open_storage(settings)
+    primary = await open_primary(settings)
+    copies = await open_copies(settings)
     for path in await asyncio.to_thread(sweep_orphans, settings.work_dir):
         log.warning("scratch_swept", path=str(path))
     notifier = Notifier(settings.webhooks, attempts=settings.webhook_max_attempts,
                         backoff_s=settings.webhook_backoff_s)
-    resources = Resources(settings=settings, pool=pool, storage=storage,
+    resources = Resources(settings=settings, pool=pool, storage=primary.storage,
                           monitoring=MonitoringPools(settings), clients=clients,
-                          notifier=notifier)
+                          notifier=notifier, primary=primary, copies=copies)
     return Services(resources=resources, runner=JobRunner(resources, HANDLERS, CLEANUPS),
                     scheduler=Scheduler(resources))
 
@@ -113,8 +114,9 @@ async def stop_services(services: Services) -> None:
     await resources.notifier.close()
     with contextlib.suppress(Exception):
         await resources.monitoring.close()
-    with contextlib.suppress(Exception):
-        await resources.storage.close()
+    for location in resources.locations:
+        with contextlib.suppress(Exception):
+            await location.storage.close()
     await resources.pool.close()
 
 

@@ -19,7 +19,7 @@ from cachetools import LRUCache
 from app.backup.manifest import Manifest
 from app.config import Settings
 from app.integrations.pg_clients import PgClients
-from app.integrations.storage import Storage
+from app.integrations.storage import Location, Storage
 from app.integrations.webhooks import Notifier
 from app.monitoring.pools import MonitoringPools
 
@@ -90,3 +90,13 @@ class Resources:
     notifier: Notifier
     runner: RunnerLink = field(default_factory=RunnerLink)
     manifests: ManifestCache = field(default_factory=ManifestCache)
+    # The primary storage as a location (``storage`` is its storage), and the copies (SPEC 2.15).
+    primary: Location | None = None
+    copies: list[Location] = field(default_factory=list)
+
+    @property
+    def locations(self) -> list[Location]:
+        """The primary first, then every copy."""
+        primary = self.primary or Location(name="primary", url=self.settings.storage_url,
+                                           storage=self.storage)
+        return [primary, *self.copies]

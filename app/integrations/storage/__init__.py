@@ -3,31 +3,92 @@
 Keys are relative to the storage URL's prefix (``<target>/<backup_id>/<object>``). Uploads are
 multipart and explicit: the caller completes an upload only after every producer exited 0, and
 aborts it otherwise, so a truncated object never becomes visible under its final key.
+
+A :class:`Location` is one place archives are kept: the primary storage (``PGVAULT_STORAGE_URL``)
+or one of the copies (``PGVAULT_COPIES``, SPEC 2.15); each holds complete, self-describing
+archives under the same layout.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 from app.config import Settings
+from app.config_models import CopyConfig
 from app.integrations.storage.base import ObjectInfo, Storage, StorageError, StorageRefused, Upload
 
-__all__ = ["ObjectInfo", "Storage", "StorageError", "StorageRefused", "Upload", "open_storage"]
+__all__ = ["PRIMARY", "Location", "ObjectInfo", "Storage", "StorageError", "StorageRefused",
+           "Upload", "open_copies", "open_location", "open_storage"]
+
+PRIMARY = "primary"
 
 
-async def open_storage(settings: Settings) -> Storage:
-    """The storage the settings name; the caller closes it."""
-    parts = urlsplit(settings.storage_url)
+@dataclass(frozen=True)
+class Location:
+    name: str  # "primary" or the copy's name
+    url: str  # the storage URL (no credentials in it: they are named by variables)
+    storage: Storage
+    object_lock_days: int | None = None
+    object_lock_mode: Literal["governance", "compliance"] = "governance"
+
+    @property
+    def primary(self) -> bool:
+        return self.name == PRIMARY
+
+
+async def open_location(*, name: str, url: str, endpoint_url: str | None, region: str,
+                        concurrency: int, credentials: tuple[str, str] | None = None,
+                        object_lock_days: int | None = None,
+                        object_lock_mode: Literal["governance", "compliance"] = "governance",
+                        ) -> Location:
+    """The location the URL names; the caller closes its storage."""
+    parts = urlsplit(url)
+    storage: Storage
     if parts.scheme == "s3":
         from app.integrations.storage.s3 import S3Storage
 
-        return await S3Storage.open(
-            bucket=parts.netloc,
-            prefix=parts.path.strip("/"),
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            concurrency=settings.upload_concurrency,
-        )
-    from app.integrations.storage.file import FileStorage
+        storage = await S3Storage.open(
+            bucket=parts.netloc, prefix=parts.path.strip("/"), endpoint_url=endpoint_url,
+            region=region, concurrency=concurrency, credentials=credentials,
+            object_lock_days=object_lock_days, object_lock_mode=object_lock_mode)
+    else:
+        from app.integrations.storage.file import FileStorage
 
-    return FileStorage(parts.path)
+        storage = FileStorage(parts.path)
+    return Location(name=name, url=url, storage=storage, object_lock_days=object_lock_days,
+                    object_lock_mode=object_lock_mode)
+
+
+async def open_storage(settings: Settings) -> Storage:
+    """The primary storage the settings name; the caller closes it."""
+    return (await open_primary(settings)).storage
+
+
+async def open_primary(settings: Settings) -> Location:
+    return await open_location(
+        name=PRIMARY, url=settings.storage_url, endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region, concurrency=settings.upload_concurrency,
+        object_lock_days=settings.object_lock_days, object_lock_mode=settings.object_lock_mode)
+
+
+async def open_copy(settings: Settings, copy: CopyConfig) -> Location:
+    return await open_location(
+        name=copy.name, url=copy.url, endpoint_url=copy.s3_endpoint_url,
+        region=copy.s3_region or settings.s3_region, concurrency=settings.upload_concurrency,
+        credentials=copy.credentials(), object_lock_days=copy.object_lock_days,
+        object_lock_mode=copy.object_lock_mode)
+
+
+async def open_copies(settings: Settings) -> list[Location]:
+    """Every copy location, in configuration order; the caller closes their storages."""
+    opened: list[Location] = []
+    try:
+        for copy in settings.copies:
+            opened.append(await open_copy(settings, copy))
+    except BaseException:
+        for location in opened:
+            await location.storage.close()
+        raise
+    return opened

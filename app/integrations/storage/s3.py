@@ -128,17 +128,27 @@ class S3Upload:
 
 class S3Storage:
     def __init__(self, client: Any, stack: contextlib.AsyncExitStack, bucket: str, prefix: str,
-                 concurrency: int) -> None:
+                 concurrency: int, *, object_lock_days: int | None = None,
+                 object_lock_mode: str = "governance") -> None:
         self._client = client
         self._stack = stack
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self._concurrency = concurrency
+        # SPEC 2.15: every object written with an Object Lock retention of this many days.
+        self.object_lock_days = object_lock_days
+        self.object_lock_mode = object_lock_mode
 
     @classmethod
     async def open(cls, *, bucket: str, prefix: str, endpoint_url: str | None, region: str,
-                   concurrency: int) -> S3Storage:
-        session = aioboto3.Session()
+                   concurrency: int, credentials: tuple[str, str] | None = None,
+                   object_lock_days: int | None = None,
+                   object_lock_mode: str = "governance") -> S3Storage:
+        # Credentials of a copy come from the variables its configuration names; None: the
+        # standard AWS variables and files, as for the primary.
+        session = (aioboto3.Session(aws_access_key_id=credentials[0],
+                                    aws_secret_access_key=credentials[1])
+                   if credentials else aioboto3.Session())
         config = Config(
             region_name=region,
             retries={"max_attempts": 4, "mode": "standard"},
@@ -154,7 +164,8 @@ class S3Storage:
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
             session.client("s3", endpoint_url=endpoint_url, config=config))
-        return cls(client, stack, bucket, prefix, concurrency)
+        return cls(client, stack, bucket, prefix, concurrency,
+                   object_lock_days=object_lock_days, object_lock_mode=object_lock_mode)
 
     async def close(self) -> None:
         await self._stack.aclose()
