@@ -2,11 +2,13 @@
 
 Keeps every archive younger than ``retention_days``, and whatever its age, the newest
 ``retention_min_backups`` good archives (complete and not failed by their last verification) --
-so the newest good archive always survives. Removes expired archives, incomplete archives (no
-manifest) and stale multipart uploads older than the grace period, except those of a backup that
-is still running. Unreadable archives (a manifest that cannot be trusted, objects that are links)
-are kept and never counted as good: a human decides. ``dry_run`` computes exactly the same plan
-and changes nothing.
+so the newest good archive always survives. A suspect archive (SPEC 2.14: its facts fell
+sharply, and no operator cleared it) is not good: it never takes the place of the good ones it
+followed, is kept within ``retention_days`` and expires normally after. Removes expired
+archives, incomplete archives (no manifest) and stale multipart uploads older than the grace
+period, except those of a backup that is still running. Unreadable archives (a manifest that
+cannot be trusted, objects that are links) are kept and never counted as good: a human decides.
+``dry_run`` computes exactly the same plan and changes nothing.
 """
 
 from __future__ import annotations
@@ -45,10 +47,16 @@ def plan(archives: list[Archive], *, now: datetime, retention_days: int, min_bac
             else:
                 keep.append({"backup_id": bid, "reason": "incomplete, within the grace period"})
         elif archive.created_at < cutoff:
-            delete.append({"backup_id": bid, "reason": f"older than {retention_days} days"})
+            delete.append({"backup_id": bid,
+                           "reason": f"older than {retention_days} days{_suspect(archive)}"})
         else:
-            keep.append({"backup_id": bid, "reason": f"within {retention_days} days"})
+            keep.append({"backup_id": bid,
+                         "reason": f"within {retention_days} days{_suspect(archive)}"})
     return delete, keep
+
+
+def _suspect(archive: Archive) -> str:
+    return " (suspect: not counted as good)" if archive.suspect else ""
 
 
 async def run_retention(ctx: JobContext) -> tuple[dict[str, Any], str]:

@@ -1,14 +1,22 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.archives import service
+from app.archives import service, suspects
 from app.archives.schemas import ArchiveDetail, ArchiveList
 from app.backup.router import IdempotencyKey
-from app.dependencies import Admin, BackupId, ServicesDep, TargetName, Viewer, known_target
+from app.dependencies import (
+    Admin,
+    BackupId,
+    Operator,
+    ServicesDep,
+    TargetName,
+    Viewer,
+    known_target,
+)
 from app.errors import STORAGE_ERRORS, problem_response
 from app.jobs import service as jobs
 from app.jobs.schemas import Job
@@ -42,6 +50,23 @@ async def delete_archive(target: TargetName, backup_id: BackupId, services: Serv
     """Delete one archive, unless the target would keep fewer good archives than its minimum."""
     await service.delete_archive(services, caller, known_target(services, target), backup_id)
     return Response(status_code=204)
+
+
+class ArchiveReview(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"suspect": False, "reason": "orders archived to cold storage on purpose (ticket 4711)"}]})
+    suspect: Literal[False] = Field(description="false: the change was intended; clear the mark")
+    reason: str | None = Field(None, max_length=500, description="why, for the audit log")
+
+
+@router.patch("/{target}/archives/{backup_id}", response_model=ArchiveDetail,
+              responses={409: problem_response("the archive is not suspect"),
+                         **STORAGE_ERRORS})
+async def review_archive(target: TargetName, backup_id: BackupId, body: ArchiveReview,
+                         services: ServicesDep, caller: Operator) -> ArchiveDetail:
+    """Clear a suspect archive: its anomalies were intended, and it counts as good again."""
+    return await suspects.clear_suspect(services, caller, known_target(services, target),
+                                        backup_id, body.reason)
 
 
 class RetentionRequest(BaseModel):

@@ -24,6 +24,24 @@ class Verification(BaseModel):
         "damaged archive as good"))
 
 
+class Anomaly(BaseModel):
+    """What made the archive suspect when it was written (SPEC 2.14), against the median of its
+    target's previous good archives."""
+
+    kind: str = Field(description="size_drop, rows_drop or table_missing",
+                      examples=["rows_drop"])
+    table: str | None = Field(None, description="schema.name; null for size_drop",
+                              examples=["public.rental"])
+    before: int | None = Field(None, description="the median before: dump bytes or rows")
+    now: int | None = Field(None, description="in this archive; null when the table is gone")
+
+
+class SuspectCleared(BaseModel):
+    by: str = Field(description="the operator who said the change was intended")
+    at: datetime
+    reason: str | None = None
+
+
 ARCHIVE_EXAMPLE: dict[str, Any] = {
     "backup_id": "20261124T000012Z-k3x9a2", "target": "demo",
     "created_at": "2026-11-24T00:00:12.031Z", "finished_at": "2026-11-24T00:01:05.498Z",
@@ -35,7 +53,8 @@ ARCHIVE_EXAMPLE: dict[str, Any] = {
                      "finished_at": "2026-11-24T03:12:44.120Z",
                      "summary": "restore verification of 20261124T000012Z-k3x9a2 passed: "
                                 "2 object(s), 1207 TOC entries, 21 tables match in 9.8 s",
-                     "damaged": False}}
+                     "damaged": False},
+    "suspect": False, "anomalies": [], "suspect_cleared": None}
 
 
 class Archive(BaseModel):
@@ -58,6 +77,13 @@ class Archive(BaseModel):
     job_id: UUID | None = Field(None, description="the backup job that made it")
     database_size_bytes: int | None = None
     verification: Verification | None = Field(None, description="the last verification")
+    suspect: bool = Field(False, description=(
+        "its facts fell sharply against the previous good archives (anomalies) and no operator "
+        "cleared it: retention does not count it as good"))
+    anomalies: list[Anomaly] = Field(default_factory=list, description=(
+        "found when it was written (kept after clearing)"))
+    suspect_cleared: SuspectCleared | None = Field(None, description=(
+        "an operator said the change was intended (PATCH suspect false)"))
 
     @model_validator(mode="before")
     @classmethod

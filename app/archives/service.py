@@ -7,12 +7,21 @@ import contextlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
 from app import pagination
-from app.archives.schemas import Archive, ArchiveDetail, ArchiveList, Verification
+from app.archives import reviews
+from app.archives.schemas import (
+    Anomaly,
+    Archive,
+    ArchiveDetail,
+    ArchiveList,
+    SuspectCleared,
+    Verification,
+)
 from app.audit import repository as audit_repo
 from app.backup import manifest as mf
 from app.config import BACKUP_ID_RE
@@ -131,8 +140,10 @@ def _dated(backup_id: str) -> bool:
 
 
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
-             doc: mf.Manifest | str | None, verification: Verification | None) -> Archive:
-    """``doc``: the manifest, None when there is none, or why it is unreadable."""
+             doc: mf.Manifest | str | None, verification: Verification | None,
+             review: SuspectCleared | None = None) -> Archive:
+    """``doc``: the manifest, None when there is none, or why it is unreadable; ``review``: its
+    suspect mark cleared by an operator."""
     size = sum(o.size for o in objects if o.usable and not o.key.endswith(mf.MANIFEST))
     foreign = [o.key.split("/", 2)[-1] for o in objects if not o.usable]
     reason = doc if isinstance(doc, str) else None
@@ -154,7 +165,15 @@ def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
         job_id=manifest.job_id if manifest else None,
         database_size_bytes=manifest.database_size_bytes if manifest else None,
         verification=verification,
+        **_suspicion(manifest, review),
     )
+
+
+def _suspicion(manifest: mf.Manifest | None, review: SuspectCleared | None) -> dict[str, Any]:
+    """Suspect: the manifest names anomalies (SPEC 2.14) and no operator cleared them."""
+    found = [Anomaly.model_validate(a.model_dump()) for a in manifest.anomalies] if manifest else []
+    return {"suspect": bool(found) and review is None, "anomalies": found,
+            "suspect_cleared": review if found else None}
 
 
 async def _manifest_or_reason(services: Resources, target: str,
@@ -187,6 +206,14 @@ async def _verifications(services: Resources, target: str,
     return found
 
 
+async def _reviews(services: Resources, target: str,
+                   backup_ids: list[str]) -> dict[str, SuspectCleared]:
+    async with services.pool.acquire() as conn:
+        rows = await reviews.cleared(conn, target, backup_ids)
+    return {b: SuspectCleared(by=r["cleared_by"], at=r["cleared_at"], reason=r["reason"])
+            for b, r in rows.items()}
+
+
 async def catalogue(services: Resources, target: str) -> list[Archive]:
     """Every archive of the target, newest first, complete or not."""
     grouped = await _scan(services, target)
@@ -200,7 +227,9 @@ async def catalogue(services: Resources, target: str) -> list[Archive]:
 
     docs = dict(await asyncio.gather(*(load(b) for b in complete)))
     checks = await _verifications(services, target, ids)
-    return [_archive(target, b, grouped[b], docs.get(b), checks.get(b)) for b in ids]
+    cleared = await _reviews(services, target, complete)
+    return [_archive(target, b, grouped[b], docs.get(b), checks.get(b), review=cleared.get(b))
+            for b in ids]
 
 
 async def list_archives(services: Resources, target: str, cursor: str | None,
@@ -221,15 +250,19 @@ async def get_archive(services: Resources, target: str, backup_id: str) -> Archi
         raise NotFound(f"no archive {backup_id} for target {target}")
     doc = await _manifest_or_reason(services, target, backup_id)
     checks = await _verifications(services, target, [backup_id])
-    archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id))
+    cleared = await _reviews(services, target, [backup_id])
+    archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id),
+                       review=cleared.get(backup_id))
     return ArchiveDetail(**archive.model_dump(),
                          manifest=doc.as_stored()
                          if isinstance(doc, mf.Manifest) and archive.reason is None else None)
 
 
 def is_good(archive: Archive) -> bool:
-    """Complete, and not proven broken by its last verification."""
-    return archive.complete and not (archive.verification and archive.verification.damaged)
+    """Complete, not proven broken by its last verification, and not suspect (SPEC 2.14: a
+    suspect archive counts again once an operator clears it)."""
+    return (archive.complete and not (archive.verification and archive.verification.damaged)
+            and not archive.suspect)
 
 
 @contextlib.asynccontextmanager

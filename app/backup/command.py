@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from app.backup import facts, manifest, uploads
+from app.backup import anomalies, facts, manifest, uploads
 from app.config import Settings, TargetConfig
 from app.errors import StepFailed
 from app.integrations import pg_clients, pg_tools
@@ -63,6 +63,7 @@ class Backup:
     catalog: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
     tables: list[dict[str, Any]] = field(default_factory=list)
+    anomalies: list[manifest.Anomaly] = field(default_factory=list)
 
     @property
     def prefix(self) -> str:
@@ -99,6 +100,8 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
     finally:
         await asyncio.shield(_close(backup.conn))
     doc = await write_manifest(backup)
+    if doc.anomalies:
+        _warn_suspect(backup)
     return _result(backup, doc, time.monotonic() - started)
 
 
@@ -168,6 +171,9 @@ async def write_manifest(backup: Backup) -> manifest.Manifest:
     ctx = backup.ctx
     await ctx.set_phase(Step.MANIFEST)
     doc = _manifest(backup, finished_at=datetime.now(UTC))
+    # Judged before the write, so the manifest itself says the archive was suspect.
+    doc.anomalies = await anomalies.check(ctx.services, doc, backup.target.anomaly, ctx.log)
+    backup.anomalies = doc.anomalies
     key = manifest.manifest_key(ctx.target, backup.backup_id)
     try:
         await ctx.assert_lease()
@@ -246,6 +252,7 @@ def _manifest(backup: Backup, *, finished_at: datetime) -> manifest.Manifest:
         not_valid_constraints=_each(manifest.ConstraintRef, catalog["not_valid_constraints"]),
         database_properties=manifest.PropertiesSummary.model_validate(
             facts.properties_summary(backup.properties)),
+        anomalies=[],
     )
 
 
@@ -268,10 +275,28 @@ def _result(backup: Backup, doc: manifest.Manifest,
                      "sha256": s.sha256} for s in backup.written],
         "label": backup.ctx.params.get("label"),
         "tools": backup.tools.as_dict(),
+        "suspect": bool(backup.anomalies),
+        "anomalies": [a.model_dump(mode="json") for a in backup.anomalies],
     }
     summary = (f"backup {backup.backup_id} of {backup.ctx.target}: {_mb(size)} stored from a "
                f"{_mb(database_size)} database in {duration:.1f} s")
+    if backup.anomalies:
+        summary += f"; {anomalies.describe(backup.anomalies)}"
     return result, summary
+
+
+def _warn_suspect(backup: Backup) -> None:
+    """``backup.suspect``, once, for the archive this job wrote (SPEC 2.14)."""
+    ctx = backup.ctx
+    found = [a.model_dump(mode="json") for a in backup.anomalies]
+    ctx.log.warning("backup_suspect", backup_id=backup.backup_id, anomalies=found)
+    ctx.services.notifier.emit("backup.suspect", {
+        "target": ctx.target, "backup_id": backup.backup_id,
+        "summary": f"backup {backup.backup_id} of {ctx.target} is suspect: "
+                   f"{anomalies.describe(backup.anomalies).removeprefix('SUSPECT: ')}",
+        "anomalies": found,
+        "job": {"id": str(ctx.job_id), "kind": ctx.kind, "target": ctx.target,
+                "requested_by": ctx.requested_by}})
 
 
 async def _no_counts(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -153,6 +153,8 @@ class FactsCollector(Collector):
                          "Complete archives whose last conclusive verification found damage")
         unverified = _gauge("pgvault_archives_unverified",
                             "Complete archives with no conclusive verification yet")
+        suspect = _gauge("pgvault_suspect_archives",
+                         "Archives marked suspect by the anomaly guard and not cleared")
         newest = _gauge("pgvault_archive_newest_timestamp_seconds",
                         "Creation time of the newest complete archive")
         oldest = _gauge("pgvault_archive_oldest_timestamp_seconds",
@@ -168,11 +170,12 @@ class FactsCollector(Collector):
             damaged.add_metric([name], sum(1 for a in complete if a.verification
                                            and a.verification.damaged))
             unverified.add_metric([name], sum(1 for a in complete if not _conclusive(a)))
+            suspect.add_metric([name], sum(1 for a in complete if a.suspect))
             if complete:
                 times = [a.created_at.timestamp() for a in complete]
                 newest.add_metric([name], max(times))
                 oldest.add_metric([name], min(times))
-        yield from (up, count, incomplete, damaged, unverified, newest, oldest)
+        yield from (up, count, incomplete, damaged, unverified, suspect, newest, oldest)
 
     def _verifications(self) -> Iterator[Metric]:
         when = _gauge("pgvault_verification_last_timestamp_seconds",

@@ -36,6 +36,17 @@ class StoredObject(_Model):
     sha256: str
 
 
+class BackupAnomaly(_Model):
+    """What made a new archive suspect (SPEC 2.14), against the median of its target's previous
+    good archives."""
+
+    kind: Literal["size_drop", "rows_drop", "table_missing"]
+    table: str | None = Field(description="schema.name; null for size_drop",
+                              examples=["public.rental"])
+    before: int | None = Field(description="the median before: dump bytes or rows")
+    now: int | None = Field(description="in this archive; null when the table is gone")
+
+
 class BackupResult(_Model):
     """A succeeded backup."""
 
@@ -48,6 +59,9 @@ class BackupResult(_Model):
     objects: list[StoredObject]
     label: str | None
     tools: ToolsUsed
+    suspect: bool = Field(False, description="the archive is suspect: see anomalies (absent "
+                          "from backups made before the anomaly guard)")
+    anomalies: list[BackupAnomaly] = Field(default_factory=list)
     phase_durations_s: PhaseDurations
 
 

@@ -31,7 +31,8 @@ class TargetStatus(BaseModel):
                         "age_s": 52311.4},
         "rpo_hours": 24.0, "rpo_ok": True, "retention_days": 90, "retention_min_backups": 7,
         "exclude_schemas": [],
-        "schedules": {"backup": {"cron": "0 0 * * *", "next_run": "2026-11-25T00:00:00Z"}}}]})
+        "schedules": {"backup": {"cron": "0 0 * * *", "next_run": "2026-11-25T00:00:00Z"}},
+        "suspect_archives": 0}]})
 
     name: str
     dsn: str = Field(description="the DSN with its password redacted")
@@ -43,6 +44,9 @@ class TargetStatus(BaseModel):
     retention_min_backups: int
     exclude_schemas: list[str]
     schedules: dict[str, Schedule]
+    suspect_archives: int | None = Field(None, description=(
+        "archives marked suspect by the anomaly guard and not cleared; null when storage could "
+        "not be listed"))
 
 
 class TargetList(BaseModel):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from croniter import croniter
 
+from app.archives.suspects import suspect_count
 from app.jobs import repository as jobs_repo
 from app.resources import Resources
 from app.targets.rpo import good_backup, within_rpo
@@ -46,10 +48,16 @@ async def list_targets(services: Resources) -> TargetList:
     async with services.pool.acquire() as conn:
         rows = {r["target"]: r for r in await jobs_repo.last_succeeded(conn, "backup", names)}
     now = datetime.now(UTC)
-    return TargetList(items=[_status(services, n, rows.get(n), now) for n in names])
+    items = [_status(services, n, rows.get(n), now) for n in names]
+    counts = await asyncio.gather(*(suspect_count(services, n) for n in names))
+    for item, count in zip(items, counts, strict=True):
+        item.suspect_archives = count
+    return TargetList(items=items)
 
 
 async def get_target(services: Resources, name: str) -> TargetStatus:
     async with services.pool.acquire() as conn:
         rows = await jobs_repo.last_succeeded(conn, "backup", [name])
-    return _status(services, name, rows[0] if rows else None, datetime.now(UTC))
+    status = _status(services, name, rows[0] if rows else None, datetime.now(UTC))
+    status.suspect_archives = await suspect_count(services, name)
+    return status
