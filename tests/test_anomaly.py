@@ -26,6 +26,7 @@ from tests.conftest import (
     running_app,
     wait_job,
 )
+from tests.faults import FaultyProxy
 from tests.test_retention import copy_archive
 from tests.test_schedules import Receiver
 
@@ -213,6 +214,37 @@ async def test_a_dropped_table_is_suspect_until_an_operator_clears_it(
         # Cleared, it is good again: the next backup is judged against it, not suspect.
         third = await backup(c, "anom_drop")
         assert third["result"]["suspect"] is False, third["result"]["anomalies"]
+
+
+async def test_a_comparison_that_cannot_read_storage_never_fails_the_backup(
+        make_settings: Any, anomaly_meta: str, s3_endpoint: str,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    db = await small_db("anom_blind", """
+        CREATE TABLE public.events AS SELECT g AS id FROM generate_series(1, 5000) g;""")
+    blind = False
+
+    def rule(method: str, path: str) -> int | None:
+        # Storage credentials that may write but not list (an IAM policy without
+        # s3:ListBucket): the previous archives cannot be read, the new one can be written.
+        return 403 if blind and method == "GET" and "list-type=2" in path else None
+
+    with FaultyProxy(s3_endpoint) as proxy:
+        proxy.rule = rule
+        settings = make_settings(database_url=dsn(anomaly_meta), s3_endpoint_url=proxy.url,
+                                 targets={"anom_blind": {"dsn": dsn(db)}})
+        async with running_app(settings) as c:
+            await backup(c, "anom_blind")
+            await run_sql(db, "TRUNCATE public.events")
+            blind = True
+            try:
+                job = await backup(c, "anom_blind")
+            finally:
+                blind = False
+            assert job["result"]["suspect"] is False and job["result"]["anomalies"] == []
+            listed = await archives(c, "anom_blind")
+            assert listed[job["result"]["backup_id"]]["complete"] is True
+    _, err = capfd.readouterr()
+    assert '"anomaly_check_skipped"' in err
 
 
 def _doc(backup_id: str, dump: int, tables: dict[str, int | None],

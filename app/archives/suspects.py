@@ -47,4 +47,4 @@ async def suspect_count(services: Resources, target: str) -> int | None:
     except Exception as exc:  # storage down or slow: unknown, not zero
         log.warning("suspect_count_unknown", target=target, error_type=type(exc).__name__)
         return None
-    return sum(1 for a in archives if a.suspect)
+    return sum(1 for a in archives if a.complete and a.suspect)  # as /metrics counts them
