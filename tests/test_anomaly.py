@@ -203,8 +203,14 @@ async def test_a_dropped_table_is_suspect_until_an_operator_clears_it(
         again = await c.patch(url, headers=auth("operator"), json=body)
         assert again.status_code == 409 and "already cleared" in again.json()["detail"]
         events = (await c.get("/v1/audit?action=archive.clear_suspect",
-                              headers=auth("admin"))).json()["items"]
-        assert len(events) == 1
+                              headers=auth("admin"))).json()["items"][::-1]
+        # Refused calls are audited under the same action, then the one that cleared it.
+        assert [(e["actor"], e["outcome"]) for e in events] == [
+            ("test-viewer", "forbidden"), ("test-operator", "invalid"),
+            ("test-operator", "invalid"), ("test-operator", "conflict"),
+            ("test-operator", "not_found"), ("test-operator", "cleared"),
+            ("test-operator", "conflict")]
+        events = [e for e in events if e["outcome"] == "cleared"]
         assert events[0]["actor"] == "test-operator" and events[0]["target"] == "anom_drop"
         assert events[0]["details"] == {"backup_id": bid, "reason": body["reason"],
                                         "anomalies": guarded["result"]["anomalies"]}
