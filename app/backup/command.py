@@ -11,7 +11,9 @@
 4. :func:`upload_database_properties` (``database properties``): the database's grants, settings
    and comment, an encrypted document (setting values may be secrets).
 5. :func:`write_manifest` (``manifest``): written last, only after every stage of every pipeline
-   exited 0, and only while this worker still owns the job.
+   exited 0, and only while this worker still owns the job; first the anomaly guard
+   (app/backup/anomalies.py) judges the facts against the previous good archives, and a
+   suspect archive's manifest names its anomalies (a ``backup.suspect`` webhook follows).
 
 Any failure or cancellation kills the processes, aborts the open upload, deletes the objects
 already written for this archive, and writes no manifest.
