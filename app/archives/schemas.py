@@ -83,6 +83,10 @@ class ArchiveDetail(Archive):
 
     manifest: dict[str, Any] | None = Field(description="manifest.json as stored (SPEC 6); "
                                             "null when the archive is incomplete")
+    locked_until: datetime | None = Field(None, description=(
+        "the latest S3 Object Lock end among the archive's objects in the locations that set "
+        "object_lock_days (SPEC 2.15); null when none is locked now (or its lock cannot be read "
+        "at the moment). Until then DELETE answers 409 and retention keeps the archive"))
 
 
 class ArchiveList(BaseModel):
