@@ -17,8 +17,8 @@ import pytest
 
 from app.archives import copy_state
 from tests.conftest import TAG, admin_conn, auth, backup, dsn, running_app, wait_job
-from tests.test_config import one_line_and_exit_2, serve
 from tests.served import served_env
+from tests.test_config import one_line_and_exit_2, serve
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +154,11 @@ async def test_delete_removes_the_archive_from_every_location(
         finally:
             await conn.close()
 
-    # A copy that cannot be reached: nothing is deleted anywhere, and the answer names it.
+    # A copy that cannot be listed (its bucket is gone): nothing is deleted anywhere, and the
+    # answer names the copy.
     unreachable = make_settings(targets=target, copies=[
-        {"name": "faraway", "url": f"s3://{bucket}/{copy_prefix}",
-         "s3_endpoint_url": "http://127.0.0.1:1"}])
+        {"name": "faraway", "url": f"s3://pgv-{TAG}-gone/{copy_prefix}",
+         "s3_endpoint_url": s3_endpoint}])
     plant(s3, bucket, f"archives/lkdel/{real}/", f"archives/lkdel/{old}/")
     async with running_app(unreachable) as c:
         resp = await c.delete(f"/v1/targets/lkdel/archives/{old}", headers=auth("admin"))
