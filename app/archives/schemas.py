@@ -79,7 +79,8 @@ class ArchiveDetail(Archive):
             "database_size_bytes": 16482467, "compression": "zstd",
             "objects": [{"key": "database.dump.zst.gpg", "size_bytes": 2949120,
                          "sha256": "9f2c...e41a", "encrypted": True}],
-            "tables": [{"schema": "public", "name": "rental", "rows": 16044}]}}]})
+            "tables": [{"schema": "public", "name": "rental", "rows": 16044}]},
+        "locked_until": "2026-12-24T00:00:12Z"}]})
 
     manifest: dict[str, Any] | None = Field(description="manifest.json as stored (SPEC 6); "
                                             "null when the archive is incomplete")
