@@ -20,12 +20,19 @@ from pydantic import (
     HttpUrl,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from app.config_models import AnomalyConfig, CopyConfig, ObjectLockMode, check_storage_url
+from app.config_models import (
+    AnomalyConfig,
+    CopyConfig,
+    ObjectLockMode,
+    check_lockable,
+    check_storage_url,
+)
 from app.dsn import PgDsn as PgDsn  # the DSN type, re-exported where settings use it
 
 TARGET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -218,6 +225,11 @@ class Settings(BaseSettings):
     @classmethod
     def _storage_url(cls, value: str) -> str:
         return check_storage_url(value)
+
+    @field_validator("object_lock_days")
+    @classmethod
+    def _lockable(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return check_lockable(value, info, "storage_url")
 
     @field_validator("copies")
     @classmethod

@@ -8,7 +8,10 @@ followed, is kept within ``retention_days`` and expires normally after. Removes 
 archives, incomplete archives (no manifest) and stale multipart uploads older than the grace
 period, except those of a backup that is still running. Unreadable archives (a manifest that
 cannot be trusted, objects that are links) are kept and never counted as good: a human decides.
-``dry_run`` computes exactly the same plan and changes nothing.
+An archive the plan would delete while any of its objects, in any location, is still under S3
+Object Lock is kept instead, its item carrying ``locked_until`` (SPEC 2.15); only those
+archives' locks are read. Deleting removes the archive from every location
+(:mod:`app.archives.removal`). ``dry_run`` computes exactly the same plan and changes nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.archives import removal
 from app.archives.schemas import Archive
-from app.archives.service import catalogue, deletions_locked, is_good, remove_archive
+from app.archives.service import catalogue, deletions_locked, is_good
 from app.jobs import repository as jobs_repo
 from app.jobs.context import JobContext
+from app.resources import Resources
 from app.steps import Step
 
 
@@ -85,13 +90,15 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
     archives = await catalogue(services, ctx.target)
     delete, keep = plan(archives, now=now, retention_days=target.retention_days,
                         min_backups=target.retention_min_backups, grace=grace, busy=busy)
+    delete, locked, held = await _unlocked(services, ctx.target, delete)
+    keep += locked
     uploads = [u for u in await services.storage.pending_uploads(f"{ctx.target}/")
                if u.started < now - grace
                and not (busy_prefix and u.key.startswith(busy_prefix))]
     if not dry_run:
         await ctx.set_phase(Step.DELETE, bytes_total=len(delete))
         for i, item in enumerate(delete, 1):
-            await remove_archive(services, ctx.target, item["backup_id"])
+            await removal.remove(services, ctx.target, item["backup_id"], held[item["backup_id"]])
             ctx.progress(bytes_done=i)
         for upload in uploads:
             await services.storage.abort_upload(upload.key, upload.upload_id)
@@ -104,6 +111,26 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
         "retention_min_backups": target.retention_min_backups,
     }
     verb = "would delete" if dry_run else "deleted"
-    summary = (f"retention of {ctx.target}: {verb} {len(delete)} archive(s), kept {len(keep)}, "
+    summary = (f"retention of {ctx.target}: {verb} {len(delete)} archive(s), kept {len(keep)}"
+               f"{f' ({len(locked)} under Object Lock)' if locked else ''}, "
                f"{'would abort' if dry_run else 'aborted'} {len(uploads)} stale upload(s)")
     return result, summary
+
+
+async def _unlocked(services: Resources, target: str, delete: list[dict[str, Any]],
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                               dict[str, list[removal.Held]]]:
+    """(still to delete, kept because locked, each deletable archive's objects per location)."""
+    free, locked, held = [], [], {}
+    for item in delete:
+        bid = item["backup_id"]
+        found = await removal.holdings(services, target, bid)
+        lock = await removal.lock_end(found, bid)
+        if lock is None:
+            free.append(item)
+            held[bid] = found
+        else:
+            locked.append({"backup_id": bid, "locked_until": lock.iso,
+                           "reason": f"{item['reason']}, but locked until {lock.iso} "
+                                     f"(S3 Object Lock in location {lock.location})"})
+    return free, locked, held

@@ -105,10 +105,15 @@ class ArchiveDetail(Archive):
             "database_size_bytes": 16482467, "compression": "zstd",
             "objects": [{"key": "database.dump.zst.gpg", "size_bytes": 2949120,
                          "sha256": "9f2c...e41a", "encrypted": True}],
-            "tables": [{"schema": "public", "name": "rental", "rows": 16044}]}}]})
+            "tables": [{"schema": "public", "name": "rental", "rows": 16044}]},
+        "locked_until": "2026-12-24T00:00:12Z"}]})
 
     manifest: dict[str, Any] | None = Field(description="manifest.json as stored (SPEC 6); "
                                             "null when the archive is incomplete")
+    locked_until: datetime | None = Field(None, description=(
+        "the latest S3 Object Lock end among the archive's objects in the locations that set "
+        "object_lock_days (SPEC 2.15); null when none is locked now (or its lock cannot be read "
+        "at the moment). Until then DELETE answers 409 and retention keeps the archive"))
 
 
 class ArchiveList(BaseModel):

@@ -13,7 +13,7 @@ import structlog
 from pydantic import ValidationError
 
 from app import pagination
-from app.archives import reviews
+from app.archives import removal, reviews
 from app.archives.schemas import (
     Anomaly,
     Archive,
@@ -253,9 +253,12 @@ async def get_archive(services: Resources, target: str, backup_id: str) -> Archi
     cleared = await _reviews(services, target, [backup_id])
     archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id),
                        review=cleared.get(backup_id))
+    locked = await removal.shown_lock(services, target, backup_id,
+                                      [o.key for o in grouped[backup_id]])
     return ArchiveDetail(**archive.model_dump(),
                          manifest=doc.as_stored()
-                         if isinstance(doc, mf.Manifest) and archive.reason is None else None)
+                         if isinstance(doc, mf.Manifest) and archive.reason is None else None,
+                         locked_until=locked)
 
 
 def is_good(archive: Archive) -> bool:
@@ -313,19 +316,22 @@ async def _delete_archive(services: Resources, caller: Principal, target: str,
                                     details={"backup_id": backup_id})
         raise Conflict(f"deleting {backup_id} would leave {len(good) - 1} good archive(s); "
                        f"target {target} keeps at least {minimum}")
-    await remove_archive(services, target, backup_id)
+    held = await removal.holdings(services, target, backup_id)
+    lock = await removal.lock_end(held, backup_id)
+    if lock is not None:
+        async with services.pool.acquire() as conn:
+            await audit_repo.insert(conn, actor=caller.name, action="archive.delete",
+                                    target=target, outcome="refused",
+                                    details={"backup_id": backup_id, "locked_until": lock.iso,
+                                             "location": lock.location})
+        raise Conflict(f"archive {backup_id} is locked until {lock.iso} (S3 Object Lock in "
+                       f"location {lock.location}): it cannot be deleted before then")
+    await removal.remove(services, target, backup_id, held)
     async with services.pool.acquire() as conn:
         await audit_repo.insert(conn, actor=caller.name, action="archive.delete", target=target,
                                 outcome="deleted", details={"backup_id": backup_id})
 
 
 async def remove_archive(services: Resources, target: str, backup_id: str) -> None:
-    """Manifest first: from that instant the archive is incomplete, never half-restorable."""
-    key = mf.manifest_key(target, backup_id)
-    try:
-        objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
-        await services.storage.delete([key])
-        services.manifests.forget(key)
-        await services.storage.delete([o.key for o in objects if o.key != key])
-    except StorageError as exc:
-        raise _storage_failed(Step.DELETE_ARCHIVE, f"archive {backup_id}: {exc}", exc) from None
+    """Delete the archive in every location, manifest first in each (:mod:`.removal`)."""
+    await removal.remove(services, target, backup_id)

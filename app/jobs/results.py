@@ -9,6 +9,7 @@ A queued or running job has ``{}``; a failed one ``FailedResult``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
@@ -185,6 +186,9 @@ class VerifyResult(_Model):
 class RetentionDecision(_Model):
     backup_id: str
     reason: str = Field(examples=["older than 90 days"])
+    locked_until: datetime | None = Field(None, description=(
+        "kept because an object of the archive is under S3 Object Lock until then (SPEC 2.15); "
+        "absent otherwise"))
 
 
 class AbortedUpload(_Model):
