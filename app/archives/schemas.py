@@ -46,14 +46,22 @@ class Archive(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     size_bytes: int = Field(description="bytes in storage, all objects")
-    complete: bool = Field(description="false: no manifest, a missing or short object, or "
-                                       "unreadable; never restorable")
+    complete: bool = Field(description="false: no manifest, a missing or short object (and no "
+                                       "copy holding it whole), or unreadable; never "
+                                       "restorable")
     status: ArchiveStatus = Field(description=(
-        "complete: restorable; incomplete: no manifest or an object missing or short; "
-        "unreadable: a manifest that cannot be trusted (not JSON, names another archive) or "
-        "objects pgvault did not write (links): never restored, never counted as good, never "
-        "deleted by retention -- a human decides (an admin may DELETE it)"))
+        "complete: restorable (see degraded); incomplete: no manifest or an object missing or "
+        "short, and no copy holds it whole; unreadable: a manifest that cannot be trusted (not "
+        "JSON, names another archive), objects pgvault did not write (links), or an object "
+        "missing on the primary while the copies cannot be listed: never restored, never "
+        "counted as good, never deleted by retention -- a human decides (an admin may DELETE "
+        "it)"))
     reason: str | None = Field(None, description="why the archive is unreadable")
+    degraded: str | None = Field(None, description=(
+        "null when the primary storage holds the whole archive; else what it lacks and the copy "
+        "that holds it whole: the archive is complete and restorable (restores and "
+        "verifications read those objects from the copy and name it in their result's "
+        "source), and a reconcile job repairs the primary"))
     label: str | None = None
     job_id: UUID | None = Field(None, description="the backup job that made it")
     database_size_bytes: int | None = None
