@@ -28,7 +28,7 @@ ARCHIVE_EXAMPLE: dict[str, Any] = {
     "backup_id": "20261124T000012Z-k3x9a2", "target": "demo",
     "created_at": "2026-11-24T00:00:12.031Z", "finished_at": "2026-11-24T00:01:05.498Z",
     "size_bytes": 2957312, "complete": True, "status": "complete", "reason": None,
-    "label": None,
+    "label": None, "degraded": None,
     "job_id": "0b9f3c1e-6a57-4d0e-9a51-3f4e2b8c7d10", "database_size_bytes": 16482467,
     "verification": {"status": "succeeded", "level": "restore",
                      "job_id": "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f",
