@@ -211,3 +211,19 @@ async def test_reconcile_request(client: Any) -> None:
     job = await wait_job(client, first.json()["id"])
     assert job["kind"] == "reconcile" and job["status"] == "succeeded", job
     assert job["result"]["deep"] is False and job["result"]["unrepaired"] == 0
+
+
+async def test_cli_reconcile(make_settings: Any) -> None:
+    from tests.test_cli import run
+    from tests.test_reliability import uvicorn
+
+    settings = make_settings(storage_url=f"s3://pgv-{TAG}/cli-reconcile-{RUN}")
+    async with uvicorn(settings) as (_, url):
+        done = await run(url, "reconcile", "pagila", "--deep", "--wait", "--json")
+        assert done.returncode == 0, done.stderr
+        job = json.loads(done.stdout)
+        assert job["kind"] == "reconcile" and job["status"] == "succeeded", job
+        assert job["result"] == {"deep": True, "archives": {}, "checked": 0, "repaired": 0,
+                                 "unrepaired": 0, "phase_durations_s": job["result"][
+                                     "phase_durations_s"]}
+        assert "deep reconcile of pagila" in job["summary"]
