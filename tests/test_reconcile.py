@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 from typing import Any
 
@@ -227,3 +228,64 @@ async def test_cli_reconcile(make_settings: Any) -> None:
                                  "unrepaired": 0, "phase_durations_s": job["result"][
                                      "phase_durations_s"]}
         assert "deep reconcile of pagila" in job["summary"]
+
+
+async def test_copy_object_verifies_before_it_writes(s3: Any, bucket: str, copy_bucket: str,
+                                                     s3_endpoint: str, tmp_path: Any) -> None:
+    """Larger than a part: a multipart upload, completed only once the hash matched."""
+    from app.archives.reconcile import Io, Refused, copy_object
+    from app.backup.manifest import ArchiveObject
+    from app.integrations.storage import open_location
+
+    part = 5 * 1024 * 1024
+    data = os.urandom(2 * part + 12345)
+    key = f"pagila/20260101T000000Z-abcdef/{DB_OBJECT}"
+    s3.put_object(Bucket=bucket, Key=f"obj-{RUN}/{key}", Body=data)
+    entry = ArchiveObject(key=DB_OBJECT, size_bytes=len(data),
+                          sha256=hashlib.sha256(data).hexdigest())
+
+    def s3_location(name: str, where: str) -> Any:
+        return open_location(name=name, url=where, endpoint_url=s3_endpoint,
+                             region="us-east-1", concurrency=2)
+
+    source = await s3_location("primary", f"s3://{bucket}/obj-{RUN}")
+    dests = [await s3_location("offsite", f"s3://{copy_bucket}/obj-{RUN}"),
+             await open_location(name="local", url=f"file://{tmp_path}", endpoint_url=None,
+                                 region="us-east-1", concurrency=2)]
+    try:
+        for dest in dests:
+            wrong = ArchiveObject(key=DB_OBJECT, size_bytes=len(data), sha256="0" * 64)
+            with pytest.raises(Refused, match="does not match"):
+                await copy_object(Io(lambda r, w: None), source, dest, key, wrong, part=part)
+            assert await dest.storage.list_objects("pagila/") == []
+            assert await dest.storage.pending_uploads("pagila/") == []
+
+            seen: list[tuple[int, int]] = []
+            await copy_object(Io(lambda r, w, seen=seen: seen.append((r, w))), source, dest,
+                              key, entry, part=part)
+            assert await dest.storage.get(key) == data
+            assert seen[-1] == (len(data), len(data)) and len(seen) > 3  # progress as it went
+    finally:
+        for location in (source, *dests):
+            await location.storage.close()
+
+
+async def test_an_unlisted_copy_leaves_a_short_archive_unjudged(s3_endpoint: str) -> None:
+    """Primary short, the only copy cannot be listed: not restorable, not incomplete either
+    (retention would delete it): unreadable until the copy answers."""
+    from app.archives import holdings
+    from app.backup.manifest import Manifest
+    from app.integrations.storage import open_location
+
+    bid = "20260101T000000Z-abcdef"
+    doc = Manifest.model_validate({"backup_id": bid, "target": "pagila", "objects": [
+        {"key": DB_OBJECT, "size_bytes": 10, "sha256": "0" * 64}]})
+    gone = await open_location(name="offsite", url=f"s3://pgv-{TAG}-no-such-bucket/x",
+                               endpoint_url=s3_endpoint, region="us-east-1", concurrency=2)
+    try:
+        verdict = await holdings.judge([gone], "pagila", bid, doc, [])
+    finally:
+        await gone.storage.close()
+    assert verdict is not None and verdict.degraded is None
+    assert verdict.reason is not None and "offsite" in verdict.reason
+    assert DB_OBJECT in verdict.reason

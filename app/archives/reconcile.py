@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ from app.steps import Step
 CHUNK = 4 << 20
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A source's object did not verify while it was copied: nothing was written."""
 
 
@@ -89,7 +90,7 @@ async def run_reconcile(ctx: JobContext) -> tuple[dict[str, Any], str]:
                   for b, objs in grouped.items() if _has_manifest(objs)} - busy)
     report: dict[str, dict[str, dict[str, Any]]] = {}
     counts = {"repaired": 0, "unrepaired": 0}
-    io = _Io(ctx)
+    io = Io(lambda read, written: ctx.progress(bytes_done=read, bytes_uploaded=written))
     for backup_id in ids:
         ref = await _reference(ctx, locations, listings, backup_id)
         if ref is None:
@@ -102,18 +103,18 @@ async def run_reconcile(ctx: JobContext) -> tuple[dict[str, Any], str]:
     return result, summary
 
 
-class _Io:
-    """Bytes read and written, as the job's progress."""
+class Io:
+    """Bytes read and written, reported (as the job's progress) after each change."""
 
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
+    def __init__(self, report: Callable[[int, int], None]) -> None:
+        self.report = report
         self.read = 0
         self.written = 0
 
     def add(self, *, read: int = 0, written: int = 0) -> None:
         self.read += read
         self.written += written
-        self.ctx.progress(bytes_done=self.read, bytes_uploaded=self.written)
+        self.report(self.read, self.written)
 
 
 def _group(objects: list[ObjectInfo]) -> dict[str, list[ObjectInfo]]:
@@ -156,7 +157,7 @@ async def _reference(ctx: JobContext, locations: list[Location],
     return None
 
 
-async def _reconcile_archive(ctx: JobContext, io: _Io, deep: bool, ref: _Reference,
+async def _reconcile_archive(ctx: JobContext, io: Io, deep: bool, ref: _Reference,
                              listings: dict[str, Any],
                              counts: dict[str, int]) -> dict[str, dict[str, Any]]:
     if ctx.phase != Step.CHECK_LOCATIONS:
@@ -192,7 +193,7 @@ async def _reconcile_archive(ctx: JobContext, io: _Io, deep: bool, ref: _Referen
     return entries
 
 
-async def _assess(ctx: JobContext, io: _Io, deep: bool, ref: _Reference, location: Location,
+async def _assess(ctx: JobContext, io: Io, deep: bool, ref: _Reference, location: Location,
                   objects: list[ObjectInfo]) -> _Found:
     prefix = mf.archive_prefix(ctx.target, ref.doc.backup_id)
     stored = {o.key[len(prefix):]: o.size for o in objects if o.usable}
@@ -240,7 +241,7 @@ def _listing(doc: mf.Manifest) -> list[tuple[str, int, str]]:
     return sorted((o.key, o.size_bytes, o.sha256) for o in doc.objects)
 
 
-async def _hash(io: _Io, location: Location, key: str) -> str:
+async def _hash(io: Io, location: Location, key: str) -> str:
     digest = hashlib.sha256()
     try:
         async for chunk in location.storage.iter_chunks(key, CHUNK):
@@ -251,7 +252,7 @@ async def _hash(io: _Io, location: Location, key: str) -> str:
     return digest.hexdigest()
 
 
-async def _repair(ctx: JobContext, io: _Io, ref: _Reference, location: Location,
+async def _repair(ctx: JobContext, io: Io, ref: _Reference, location: Location,
                   state: _Found, found: dict[str, _Found | str]) -> str | None:
     """Copy what the location lacks from intact locations, the manifest last; None when done,
     else why not."""
@@ -269,9 +270,10 @@ async def _repair(ctx: JobContext, io: _Io, ref: _Reference, location: Location,
             refusals = []
             for source in sources:
                 try:
-                    await _copy(ctx, io, source, location, prefix + key, entries[key])
+                    await copy_object(io, source, location, prefix + key, entries[key],
+                                      part=ctx.services.settings.upload_part_size)
                     break
-                except _Refused as exc:
+                except Refused as exc:
                     refusals.append(f"{source.name}: {exc}")
                 except StorageError as exc:
                     refusals.append(f"{source.name} -> {location.name}: {exc}")
@@ -298,11 +300,11 @@ def _sources(locations: list[Location], dest: Location, key: str,
     return sorted(fits, key=lambda loc: key not in states[loc.name].intact)
 
 
-async def _copy(ctx: JobContext, io: _Io, source: Location, dest: Location, key: str,
-                entry: mf.ArchiveObject) -> None:
-    """Stream ``key`` from ``source`` into ``dest``, written only if its size and SHA-256 are
-    the manifest's (:class:`_Refused` otherwise, and nothing is written)."""
-    part = ctx.services.settings.upload_part_size
+async def copy_object(io: Io, source: Location, dest: Location, key: str,
+                      entry: mf.ArchiveObject, *, part: int) -> None:
+    """Stream ``key`` from ``source`` into ``dest`` (in one request below ``part`` bytes, else a
+    multipart upload of parts of at least ``part``), made visible only if its size and SHA-256
+    are the manifest's (:class:`Refused` otherwise, and nothing is written)."""
     digest = hashlib.sha256()
     size = 0
     buffer = bytearray()
@@ -312,7 +314,7 @@ async def _copy(ctx: JobContext, io: _Io, source: Location, dest: Location, key:
             async for chunk in source.storage.iter_chunks(key, CHUNK):
                 size += len(chunk)
                 if size > entry.size_bytes:
-                    raise _Refused(f"{entry.key} is longer than the manifest's "
+                    raise Refused(f"{entry.key} is longer than the manifest's "
                                    f"{entry.size_bytes} bytes")
                 await asyncio.to_thread(digest.update, chunk)
                 io.add(read=len(chunk))
@@ -322,9 +324,9 @@ async def _copy(ctx: JobContext, io: _Io, source: Location, dest: Location, key:
                     io.add(written=len(buffer))
                     buffer.clear()
         except KeyError:
-            raise _Refused(f"{entry.key} is missing") from None
+            raise Refused(f"{entry.key} is missing") from None
         if size != entry.size_bytes or digest.hexdigest() != entry.sha256:
-            raise _Refused(f"{entry.key} ({size} bytes) does not match the manifest's size and "
+            raise Refused(f"{entry.key} ({size} bytes) does not match the manifest's size and "
                            "SHA-256")
         if upload is None:
             await dest.storage.put(key, bytes(buffer))
