@@ -93,8 +93,12 @@ async def restore(c: Any, bid: str) -> dict[str, Any]:
 
 async def test_fallback_to_a_copy_and_reconcile_repairs(make_settings: Any, s3: Any, bucket: str,
                                                         copy_bucket: str, s3_endpoint: str,
-                                                        metadata_db: str, pagila_db: str) -> None:
-    copies = [{"name": "offsite", "url": f"s3://{copy_bucket}/{COPY_PREFIX}",
+                                                        metadata_db: str, pagila_db: str,
+                                                        tmp_path: Any) -> None:
+    # Copies are tried in order: "local" (a folder) never got these archives.
+    local = tmp_path / "local"
+    copies = [{"name": "local", "url": f"file://{local}"},
+              {"name": "offsite", "url": f"s3://{copy_bucket}/{COPY_PREFIX}",
                "s3_endpoint_url": s3_endpoint}]
     settings = make_settings(storage_url=f"s3://{bucket}/{PRIMARY_PREFIX}", copies=copies,
                              incomplete_grace_hours=0.0001,
@@ -121,7 +125,9 @@ async def test_fallback_to_a_copy_and_reconcile_repairs(make_settings: Any, s3: 
         assert bid1 not in [d["backup_id"] for d in plan["deleted"]], plan
 
         # Restore and both verification levels read the damaged objects from the copy.
-        restored = (await restore(c, bid1))["result"]
+        job = await restore(c, bid1)
+        assert "2 object(s) read from copy offsite" in job["summary"], job["summary"]
+        restored = job["result"]
         assert restored["source"] == "offsite"
         assert restored["sources"] == {GLOBALS_OBJECT: "offsite", DB_OBJECT: "offsite",
                                        **{k: "primary" for k in manifest
@@ -145,8 +151,15 @@ async def test_fallback_to_a_copy_and_reconcile_repairs(make_settings: Any, s3: 
         assert DB_OBJECT in found["primary"]["detail"]
         assert found["offsite"] == {"found": "complete", "repaired": False, "detail": None}
         assert deep["archives"][bid2]["primary"]["found"] == "complete"
+        # The empty folder copy gets both archives.
+        for bid in (bid1, bid2):
+            assert deep["archives"][bid]["local"]["found"] == "missing"
+            assert deep["archives"][bid]["local"]["repaired"] is True
         assert (deep["deep"], deep["checked"], deep["repaired"], deep["unrepaired"]) == \
-            (True, 2, 1, 0)
+            (True, 2, 3, 0)
+        for entry in manifest.values():
+            assert hashlib.sha256((local / "pagila" / bid1 / entry["key"]).read_bytes()
+                                  ).hexdigest() == entry["sha256"]
         for key, entry in manifest.items():
             assert sha256_of(s3, bucket, _primary(bid1, key)) == entry["sha256"], key
         archive = (await c.get(f"/v1/targets/pagila/archives/{bid1}",
@@ -168,18 +181,18 @@ async def test_fallback_to_a_copy_and_reconcile_repairs(make_settings: Any, s3: 
         # By size only: the missing object is found and repaired, the flipped byte is not seen.
         assert found["primary"]["found"] == "incomplete" and found["primary"]["repaired"]
         assert DB_OBJECT not in found["primary"]["detail"]
+        assert sha256_of(s3, bucket, _primary(bid1, DB_OBJECT)) != manifest[DB_OBJECT]["sha256"]
         assert sha256_of(s3, bucket, _primary(bid1, GLOBALS_OBJECT)) == \
             manifest[GLOBALS_OBJECT]["sha256"]
-        # The copy's missing database object is not copied from the primary's damaged one.
-        assert found["offsite"]["found"] == "incomplete"
-        assert found["offsite"]["repaired"] is False
-        assert "does not match" in found["offsite"]["detail"]
-        assert "Contents" not in s3.list_objects_v2(Bucket=copy_bucket,
-                                                    Prefix=_copy(bid1, DB_OBJECT))
+        # The copy's missing database object is not copied from the primary's damaged one (it
+        # fails its hash on the way) but from the folder copy.
+        assert found["offsite"]["found"] == "incomplete" and found["offsite"]["repaired"]
+        assert DB_OBJECT in found["offsite"]["detail"]
+        assert sha256_of(s3, copy_bucket, _copy(bid1, DB_OBJECT)) == manifest[DB_OBJECT]["sha256"]
         # A copy that lacks a whole archive gets it, the manifest written last.
         assert shallow["archives"][bid2]["offsite"]["found"] == "missing"
         assert shallow["archives"][bid2]["offsite"]["repaired"] is True
-        assert shallow["deep"] is False and shallow["unrepaired"] == 1
+        assert (shallow["deep"], shallow["repaired"], shallow["unrepaired"]) == (False, 3, 0)
         doc2 = manifest_of(s3, bucket, bid2)
         for entry in doc2["objects"]:
             assert sha256_of(s3, copy_bucket, _copy(bid2, entry["key"])) == entry["sha256"]
@@ -190,8 +203,8 @@ async def test_fallback_to_a_copy_and_reconcile_repairs(make_settings: Any, s3: 
                 "AND backup_id = ANY($1::text[])", [bid1, bid2])}
         finally:
             await conn.close()
-        assert rows == {(bid1, "primary"): "complete", (bid1, "offsite"): "incomplete",
-                        (bid2, "primary"): "complete", (bid2, "offsite"): "complete"}
+        assert rows == {(b, loc): "complete" for b in (bid1, bid2)
+                        for loc in ("primary", "local", "offsite")}
 
 
 async def test_reconcile_request(client: Any) -> None:

@@ -265,7 +265,8 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
                f"{len(checks.made_worse(checklist['invalid_indexes']))} invalid index(es)"
                f"{_as_in_source(checklist['invalid_indexes'])}, "
                f"{len(checklist['roles_to_reset_password'])} role(s) need a password, "
-               f"{len(checklist['subscriptions_to_enable'])} subscription(s) to enable")
+               f"{len(checklist['subscriptions_to_enable'])} subscription(s) to enable"
+               f"{fetch.source_note(result)}")
     return result, summary
 
 

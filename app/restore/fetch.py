@@ -263,6 +263,19 @@ async def _fetch_intact(ctx: JobContext, key: str, entry: mf.ArchiveObject, plai
     raise StepFailed(first.step, f"{first.cause}; no copy holds it intact ({'; '.join(tried)})")
 
 
+def source_note(result: dict[str, object]) -> str:
+    """For a job's summary: "" when every object came from the primary."""
+    sources = result.get("sources")
+    if not isinstance(sources, dict):
+        return ""
+    served = sorted({name for name in sources.values() if name != PRIMARY})
+    if not served:
+        return ""
+    count = sum(1 for name in sources.values() if name != PRIMARY)
+    return (f"; {count} object(s) read from copy {', '.join(served)}: the primary's were "
+            "missing or damaged (a reconcile job repairs them)")
+
+
 def main_source(doc: mf.Manifest, sources: dict[str, str]) -> str:
     """``primary`` when every object came from it; else the copy that served the database
     object, or the first copy that served any."""
