@@ -174,6 +174,9 @@ async def test_fallback_to_a_copy_and_reconcile_repairs(make_settings: Any, s3: 
         s3.delete_objects(Bucket=copy_bucket,
                           Delete={"Objects": [{"Key": o["Key"]} for o in gone]})
         s3.delete_object(Bucket=copy_bucket, Key=_copy(bid1, DB_OBJECT))
+        # And the primary loses bid2's manifest: only the copies still say bid2 is an archive.
+        manifest2 = s3.get_object(Bucket=bucket, Key=_primary(bid2, "manifest.json"))["Body"].read()
+        s3.delete_object(Bucket=bucket, Key=_primary(bid2, "manifest.json"))
 
         shallow = (await run_job(c, "/v1/targets/pagila/reconcile", {},
                                  role="operator"))["result"]
@@ -192,8 +195,13 @@ async def test_fallback_to_a_copy_and_reconcile_repairs(make_settings: Any, s3: 
         # A copy that lacks a whole archive gets it, the manifest written last.
         assert shallow["archives"][bid2]["offsite"]["found"] == "missing"
         assert shallow["archives"][bid2]["offsite"]["repaired"] is True
-        assert (shallow["deep"], shallow["repaired"], shallow["unrepaired"]) == (False, 3, 0)
-        doc2 = manifest_of(s3, bucket, bid2)
+        # The primary gets its manifest back, from the first copy holding one.
+        assert shallow["archives"][bid2]["primary"] == {
+            "found": "incomplete", "repaired": True, "detail": "repaired: manifest missing"}
+        assert s3.get_object(Bucket=bucket, Key=_primary(bid2, "manifest.json"))["Body"].read() \
+            == manifest2
+        assert (shallow["deep"], shallow["repaired"], shallow["unrepaired"]) == (False, 4, 0)
+        doc2 = json.loads(manifest2)
         for entry in doc2["objects"]:
             assert sha256_of(s3, copy_bucket, _copy(bid2, entry["key"])) == entry["sha256"]
         conn = await admin_conn(metadata_db)
