@@ -310,3 +310,21 @@ async def test_an_unlisted_copy_leaves_a_short_archive_unjudged(s3_endpoint: str
     assert verdict is not None and verdict.degraded is None
     assert verdict.reason is not None and "offsite" in verdict.reason
     assert DB_OBJECT in verdict.reason
+
+
+async def test_reconcile_is_scheduled_weekly_by_size(make_settings: Any, pagila_db: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    off = {"backup": "", "retention": "", "verify": "", "maintenance": ""}
+    settings = make_settings(storage_url=f"s3://pgv-{TAG}/sched-reconcile-{RUN}", targets={
+        f"recsched-{RUN}": {"dsn": dsn(pagila_db), "schedules": off}})
+    async with running_app(settings) as c:
+        scheduler = c.app.state.services.scheduler  # type: ignore[attr-defined]
+        t0 = datetime(2031, 3, 3, tzinfo=UTC)  # a Monday
+        assert await scheduler.tick(t0) == []  # the first slot seen is recorded, not fired
+        assert await scheduler.tick(t0 + timedelta(days=5)) == []  # no Sunday 04:00 since
+        fired = await scheduler.tick(t0 + timedelta(days=6, hours=4, minutes=1))
+        assert [(f["kind"], f["outcome"]) for f in fired] == [("reconcile", "queued")]
+        job = await wait_job(c, str(fired[0]["job_id"]))
+        assert job["status"] == "succeeded" and job["result"]["deep"] is False, job
+        assert job["requested_by"] == "scheduler"
