@@ -47,6 +47,9 @@ DEFAULT_SCHEDULES: dict[str, str] = {
     "retention": "30 0 * * *",  # daily
     "verify": "0 3 1 * *",  # monthly restore test
     "maintenance": "0 2 * * 0",  # weekly ANALYZE
+    # weekly reconciliation of the copies (SPEC 2.15), by size: cheap (listings). A deep one
+    # (every object read back) is asked for through the API when wanted.
+    "reconcile": "0 4 * * 0",
 }
 
 SCHEDULE_ALIASES = {"verification": "verify"}

@@ -95,3 +95,32 @@ async def start_retention(target: TargetName, services: ServicesDep, caller: Adm
                             idempotency_key=idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job
+
+
+class ReconcileRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    deep: bool = Field(False, description="also read every object back and check its SHA-256 "
+                                          "(reads every archive in every location); by default "
+                                          "objects are checked by size, from listings")
+
+
+RECONCILE_EXAMPLES: dict[str, Any] = {
+    "shallow": {"summary": "check by size, repair what is missing", "value": {"deep": False}},
+    "deep": {"summary": "check every object's SHA-256 too", "value": {"deep": True}},
+}
+
+
+@router.post("/{target}/reconcile", response_model=Job, status_code=202)
+async def start_reconcile(target: TargetName, services: ServicesDep, caller: Operator,
+                          response: Response,
+                          body: Annotated[ReconcileRequest | None,
+                                          Body(openapi_examples=RECONCILE_EXAMPLES)] = None,
+                          idempotency_key: IdempotencyKey = None) -> Job:
+    """Check every archive in every storage location and copy what is missing or damaged."""
+    deep = body.deep if body else False
+    job = await jobs.create(services, caller, kind="reconcile",
+                            target=known_target(services, target), params={"deep": deep},
+                            summary=f"{'deep ' if deep else ''}reconcile of {target} queued",
+                            idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job

@@ -46,7 +46,7 @@ ARCHIVE_EXAMPLE: dict[str, Any] = {
     "backup_id": "20261124T000012Z-k3x9a2", "target": "demo",
     "created_at": "2026-11-24T00:00:12.031Z", "finished_at": "2026-11-24T00:01:05.498Z",
     "size_bytes": 2957312, "complete": True, "status": "complete", "reason": None,
-    "label": None,
+    "label": None, "degraded": None,
     "job_id": "0b9f3c1e-6a57-4d0e-9a51-3f4e2b8c7d10", "database_size_bytes": 16482467,
     "verification": {"status": "succeeded", "level": "restore",
                      "job_id": "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f",
@@ -65,14 +65,22 @@ class Archive(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     size_bytes: int = Field(description="bytes in storage, all objects")
-    complete: bool = Field(description="false: no manifest, a missing or short object, or "
-                                       "unreadable; never restorable")
+    complete: bool = Field(description="false: no manifest, a missing or short object (and no "
+                                       "copy holding it whole), or unreadable; never "
+                                       "restorable")
     status: ArchiveStatus = Field(description=(
-        "complete: restorable; incomplete: no manifest or an object missing or short; "
-        "unreadable: a manifest that cannot be trusted (not JSON, names another archive) or "
-        "objects pgvault did not write (links): never restored, never counted as good, never "
-        "deleted by retention -- a human decides (an admin may DELETE it)"))
+        "complete: restorable (see degraded); incomplete: no manifest or an object missing or "
+        "short, and no copy holds it whole; unreadable: a manifest that cannot be trusted (not "
+        "JSON, names another archive), objects pgvault did not write (links), or an object "
+        "missing on the primary while the copies cannot be listed: never restored, never "
+        "counted as good, never deleted by retention -- a human decides (an admin may DELETE "
+        "it)"))
     reason: str | None = Field(None, description="why the archive is unreadable")
+    degraded: str | None = Field(None, description=(
+        "null when the primary storage holds the whole archive; else what it lacks and the copy "
+        "that holds it whole: the archive is complete and restorable (restores and "
+        "verifications read those objects from the copy and name it in their result's "
+        "source), and a reconcile job repairs the primary"))
     label: str | None = None
     job_id: UUID | None = Field(None, description="the backup job that made it")
     database_size_bytes: int | None = None

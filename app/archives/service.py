@@ -13,7 +13,7 @@ import structlog
 from pydantic import ValidationError
 
 from app import pagination
-from app.archives import removal, reviews
+from app.archives import holdings, removal, reviews
 from app.archives.schemas import (
     Anomaly,
     Archive,
@@ -110,7 +110,8 @@ async def usable_manifest(services: Resources, target: str, backup_id: str) -> m
         objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
     except StorageError as exc:
         raise _storage_failed(Step.LIST_ARCHIVE, str(exc), exc) from None
-    archive = _archive(target, backup_id, objects, doc, None)
+    verdicts = await _copy_verdicts(services, target, {backup_id: objects}, {backup_id: doc})
+    archive = _archive(target, backup_id, objects, doc, None, copies=verdicts.get(backup_id))
     if archive.reason is not None:
         raise ArchiveUnreadable(f"archive {backup_id} is unreadable: {archive.reason}")
     return doc
@@ -139,23 +140,41 @@ def _dated(backup_id: str) -> bool:
     return True
 
 
+async def _copy_verdicts(services: Resources, target: str, grouped: dict[str, list[ObjectInfo]],
+                         docs: dict[str, mf.Manifest | str | None]) -> dict[str, holdings.Verdict]:
+    """For archives with a manifest that the primary holds short: whether a copy holds them
+    whole (see :mod:`app.archives.holdings`); nothing is asked of copies otherwise."""
+    found = {}
+    for backup_id, doc in docs.items():
+        if services.copies and isinstance(doc, mf.Manifest) \
+                and holdings.short_objects(grouped[backup_id], doc):
+            verdict = await holdings.judge(services.copies, target, backup_id, doc,
+                                           grouped[backup_id])
+            if verdict is not None:
+                found[backup_id] = verdict
+    return found
+
+
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
              doc: mf.Manifest | str | None, verification: Verification | None,
-             review: SuspectCleared | None = None) -> Archive:
+             review: SuspectCleared | None = None,
+             copies: holdings.Verdict | None = None) -> Archive:
     """``doc``: the manifest, None when there is none, or why it is unreadable; ``review``: its
-    suspect mark cleared by an operator."""
+    suspect mark cleared by an operator; ``copies``: for an archive the primary holds short, what
+    the copies say."""
     size = sum(o.size for o in objects if o.usable and not o.key.endswith(mf.MANIFEST))
     foreign = [o.key.split("/", 2)[-1] for o in objects if not o.usable]
-    reason = doc if isinstance(doc, str) else None
+    reason = doc if isinstance(doc, str) else copies.reason if copies else None
     if reason is None and foreign:
         reason = (f"{', '.join(foreign[:3])} {'is' if len(foreign) == 1 else 'are'} not a "
                   "regular file (a link?): not written by pgvault")
     manifest = doc if isinstance(doc, mf.Manifest) else None
     # Complete: a manifest, and every object it lists present at its size (a manifest that
     # outlived its objects, or an object cut short, is no backup).
-    stored = {o.key.split("/", 2)[-1]: o.size for o in objects if o.usable}
-    complete = reason is None and manifest is not None and all(
-        stored.get(obj.key) == obj.size_bytes for obj in manifest.objects)
+    # Or held whole by a copy, when the primary's are missing or short (degraded).
+    degraded = copies.degraded if copies and reason is None else None
+    complete = reason is None and manifest is not None and (
+        not holdings.short_objects(objects, manifest) or degraded is not None)
     status = "unreadable" if reason else "complete" if complete else "incomplete"
     return Archive(
         backup_id=backup_id, target=target, created_at=mf.backup_time(backup_id),
@@ -164,7 +183,7 @@ def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
         label=manifest.label if manifest else None,
         job_id=manifest.job_id if manifest else None,
         database_size_bytes=manifest.database_size_bytes if manifest else None,
-        verification=verification,
+        verification=verification, degraded=degraded,
         **_suspicion(manifest, review),
     )
 
@@ -226,9 +245,11 @@ async def catalogue(services: Resources, target: str) -> list[Archive]:
             return backup_id, await _manifest_or_reason(services, target, backup_id)
 
     docs = dict(await asyncio.gather(*(load(b) for b in complete)))
+    verdicts = await _copy_verdicts(services, target, grouped, docs)
     checks = await _verifications(services, target, ids)
     cleared = await _reviews(services, target, complete)
-    return [_archive(target, b, grouped[b], docs.get(b), checks.get(b), review=cleared.get(b))
+    return [_archive(target, b, grouped[b], docs.get(b), checks.get(b), review=cleared.get(b),
+                     copies=verdicts.get(b))
             for b in ids]
 
 
@@ -249,10 +270,11 @@ async def get_archive(services: Resources, target: str, backup_id: str) -> Archi
     if backup_id not in grouped:
         raise NotFound(f"no archive {backup_id} for target {target}")
     doc = await _manifest_or_reason(services, target, backup_id)
+    verdicts = await _copy_verdicts(services, target, grouped, {backup_id: doc})
     checks = await _verifications(services, target, [backup_id])
     cleared = await _reviews(services, target, [backup_id])
     archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id),
-                       review=cleared.get(backup_id))
+                       review=cleared.get(backup_id), copies=verdicts.get(backup_id))
     locked = await removal.shown_lock(services, target, backup_id,
                                       [o.key for o in grouped[backup_id]])
     return ArchiveDetail(**archive.model_dump(),

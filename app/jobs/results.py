@@ -21,6 +21,15 @@ BackupIdStr = Annotated[str, Field(pattern=BACKUP_ID_RE.pattern,
 PhaseDurations = Annotated[dict[str, float], Field(
     description="seconds spent in each phase",
     examples=[{"queued": 0.2, "dump": 41.2, "manifest": 0.1}])]
+Source = Annotated[str, Field(
+    description="where the objects were read from: primary when every object came from the "
+                "primary storage; else the copy that served (the database object's, when "
+                "several did) because the primary's was missing or failed its hash (SPEC 2.15)",
+    examples=["primary", "offsite"])]
+Sources = Annotated[dict[str, str], Field(
+    description="each object (key relative to the archive folder) and the location it was read "
+                "from",
+    examples=[{"globals.sql.zst.gpg": "primary", "database.dump.zst.gpg": "offsite"}])]
 ToolsUsed = Annotated[dict[str, str], Field(
     description="the PostgreSQL client programs this job chose for its server, with versions",
     examples=[{"pg_dump": "15.19", "pg_dumpall": "15.19"}])]
@@ -161,6 +170,8 @@ class RestoreResult(_Model):
                                     "short (in place, cancelled after the commit)")
     checklist: RestoreChecklist
     tools: ToolsUsed
+    source: Source
+    sources: Sources
     phase_durations_s: PhaseDurations
 
 
@@ -180,6 +191,8 @@ class VerifyResult(_Model):
                                                            description="restore level only")
     duration_s: float
     tools: ToolsUsed
+    source: Source
+    sources: Sources
     phase_durations_s: PhaseDurations
 
 
@@ -219,6 +232,32 @@ class MaintenanceResult(_Model):
     phase_durations_s: PhaseDurations
 
 
+class LocationFinding(_Model):
+    found: Literal["complete", "missing", "incomplete", "damaged"] = Field(description=(
+        "complete: the manifest and every object at its size (deep: and SHA-256); missing: "
+        "nothing of the archive; incomplete: an object or the manifest absent, or short; "
+        "damaged: an object of another size or (deep) SHA-256"))
+    repaired: bool = Field(description="what was absent or damaged was copied from an intact "
+                                       "location (verified on the way), the manifest last")
+    detail: str | None = Field(description="what was wrong, and why it was not repaired")
+
+
+class ReconcileResult(_Model):
+    """A succeeded reconciliation: each archive's state in each location, and the repairs."""
+
+    deep: bool = Field(description="every object was read back and its SHA-256 checked")
+    archives: dict[str, dict[str, LocationFinding]] = Field(
+        description="backup id -> location (primary, or a copy's name) -> finding",
+        examples=[{"20261124T000012Z-k3x9a2": {
+            "primary": {"found": "complete", "repaired": False, "detail": None},
+            "offsite": {"found": "incomplete", "repaired": True,
+                        "detail": "repaired: database.dump.zst.gpg missing"}}}])
+    checked: int = Field(description="archives checked")
+    repaired: int = Field(description="archive copies (archive and location) repaired")
+    unrepaired: int = Field(description="archive copies found broken and left so")
+    phase_durations_s: PhaseDurations
+
+
 class FailedResult(BaseModel):
     """A failed or cancelled job: the step that failed, when one did (the error says why), and
     what the job's ending did or left (a verification adds what it found before it stopped)."""
@@ -249,11 +288,12 @@ class PendingResult(_Model):
 BY_KIND: dict[str, type[BaseModel]] = {
     "backup": BackupResult, "restore": RestoreResult, "verify": VerifyResult,
     "retention": RetentionResult, "maintenance": MaintenanceResult,
+    "reconcile": ReconcileResult,
 }
 MODELS: tuple[type[BaseModel], ...] = (*BY_KIND.values(), FailedResult, PendingResult)
 
 _UNION = TypeAdapter(BackupResult | RestoreResult | VerifyResult | RetentionResult
-                     | MaintenanceResult | FailedResult | PendingResult)
+                     | MaintenanceResult | ReconcileResult | FailedResult | PendingResult)
 _SCHEMA = _UNION.json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
 # Schemas of the models above and their parts, for the OpenAPI document's components.
 COMPONENTS: dict[str, Any] = _SCHEMA.pop("$defs")
@@ -261,8 +301,8 @@ COMPONENTS: dict[str, Any] = _SCHEMA.pop("$defs")
 # The runtime value stays the stored dict, byte for byte; the schema is the union above.
 JobResult = Annotated[dict[str, Any], WithJsonSchema({
     **_SCHEMA, "description": "per kind: BackupResult, RestoreResult, VerifyResult, "
-    "RetentionResult or MaintenanceResult once succeeded; FailedResult once failed or "
-    "cancelled; {} while queued or running"})]
+    "RetentionResult, MaintenanceResult or ReconcileResult once succeeded; FailedResult once "
+    "failed or cancelled; {} while queued or running"})]
 
 
 def validate(kind: str, status: str, result: dict[str, Any]) -> BaseModel:

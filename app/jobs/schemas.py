@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.jobs.results import JobResult
 from app.pagination import Skipped
 
-JobKind = Literal["backup", "restore", "verify", "retention", "maintenance"]
+JobKind = Literal["backup", "restore", "verify", "retention", "maintenance", "reconcile"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 

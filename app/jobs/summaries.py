@@ -30,6 +30,8 @@ _WORDS: dict[str, str] = {
     Step.TABLE_OF_CONTENTS: "checking the table of contents",
     Step.COMPARE: "comparing row counts with the manifest",
     Step.PLAN: "choosing archives to delete",
+    Step.CHECK_LOCATIONS: "checking archives in every location",
+    Step.REPAIR: "copying missing or damaged objects",
     "analyze": "running ANALYZE",
     "refresh_materialized_views": "refreshing materialized views",
 }
@@ -60,6 +62,8 @@ def subject(kind: str, target: str, params: dict[str, Any]) -> str:
         return f"maintenance ({params['task']}) of {target}"
     if kind == "retention" and params.get("dry_run"):
         return f"retention dry run of {target}"
+    if kind == "reconcile" and params.get("deep"):
+        return f"deep reconcile of {target}"
     return f"{kind} of {target}"
 
 
@@ -85,6 +89,8 @@ def _doing(kind: str, phase: str, done: int, total: int | None, uploaded: int) -
         text += f", {size(uploaded)} uploaded)" if phase == "dump" else ")"
         return text
     words = _WORDS.get(phase, phase)
+    if kind == "reconcile" and (done or uploaded):
+        return f"{words} ({size(done)} read, {size(uploaded)} written)"
     if done:
         words += f" ({size(done)}" + (f" of {size(total)})" if total else ")")
     return words

@@ -90,6 +90,8 @@ class Scheduler:
             return {"dry_run": False}
         if kind == "maintenance":
             return {"task": "analyze"}
+        if kind == "reconcile":
+            return {"deep": False}
         # verify: the monthly restore test of the newest complete archive
         try:
             archives = [a for a in await catalogue(self.services, target) if a.complete]
