@@ -328,3 +328,36 @@ async def test_reconcile_is_scheduled_weekly_by_size(make_settings: Any, pagila_
         job = await wait_job(c, str(fired[0]["job_id"]))
         assert job["status"] == "succeeded" and job["result"]["deep"] is False, job
         assert job["requested_by"] == "scheduler"
+
+
+async def test_retention_keeps_an_archive_whose_manifest_only_a_copy_holds(
+        make_settings: Any, s3: Any, bucket: str, copy_bucket: str, s3_endpoint: str,
+        pagila_db: str) -> None:
+    """The primary lost a manifest: its archive looks incomplete there, but a copy holds it whole.
+    Retention must not delete "the incomplete archive" in every location."""
+    prefix = f"{PRIMARY_PREFIX}-lost"
+    copies = [{"name": "offsite", "url": f"s3://{copy_bucket}/{COPY_PREFIX}",
+               "s3_endpoint_url": s3_endpoint}]
+    settings = make_settings(storage_url=f"s3://{bucket}/{prefix}", copies=copies,
+                             incomplete_grace_hours=0.0001,
+                             targets={"pagila": {"dsn": dsn(pagila_db),
+                                                 "retention_min_backups": 1}})
+    async with running_app(settings) as c:
+        bid = (await backup(c))["result"]["backup_id"]
+        keep = (await backup(c))["result"]["backup_id"]
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/pagila/{bid}/")["Contents"]
+        for obj in listed:
+            s3.copy_object(Bucket=copy_bucket, Key=_copy(bid, obj["Key"].rsplit("/", 1)[1]),
+                           CopySource={"Bucket": bucket, "Key": obj["Key"]})
+        s3.delete_object(Bucket=bucket, Key=f"{prefix}/pagila/{bid}/manifest.json")
+        archives = (await c.get("/v1/targets/pagila/archives", headers=auth("viewer"))).json()
+        assert {a["backup_id"]: a["status"] for a in archives["items"]}[bid] == "incomplete"
+
+        job = await run_job(c, "/v1/targets/pagila/retention", {"dry_run": False})
+        kept = {k["backup_id"]: k["reason"] for k in job["result"]["kept"]}
+        assert bid in kept and "offsite" in kept[bid], job["result"]
+        assert keep in kept
+        assert not job["result"]["deleted"]
+        in_copy = s3.list_objects_v2(Bucket=copy_bucket, Prefix=_copy(bid))["Contents"]
+        assert any(o["Key"].endswith("manifest.json") for o in in_copy)
+        assert len(in_copy) == len(listed)

@@ -78,6 +78,15 @@ async def holdings(services: Resources, target: str, backup_id: str) -> list[Hel
     return list(await asyncio.gather(*(one(loc) for loc in services.locations)))
 
 
+def manifest_only_in_copies(held: list[Held], target: str, backup_id: str) -> str | None:
+    """The first copy holding the archive's manifest when the primary holds none; else None."""
+    key = mf.manifest_key(target, backup_id)
+    if any(h.location.primary and key in h.keys for h in held):
+        return None
+    return next((h.location.name for h in held if not h.location.primary and key in h.keys),
+                None)
+
+
 async def lock_end(held: list[Held], backup_id: str) -> Lock | None:
     """The latest Object Lock end still ahead among the archive's objects, in any location;
     None when nothing is locked. A lock that cannot be read refuses like an outage."""

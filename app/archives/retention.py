@@ -92,6 +92,7 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
                         min_backups=target.retention_min_backups, grace=grace, busy=busy)
     delete, locked, held = await _unlocked(services, ctx.target, delete)
     keep += locked
+    n_locked = sum(1 for item in locked if item.get("locked_until"))
     uploads = [u for u in await services.storage.pending_uploads(f"{ctx.target}/")
                if u.started < now - grace
                and not (busy_prefix and u.key.startswith(busy_prefix))]
@@ -112,7 +113,7 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
     }
     verb = "would delete" if dry_run else "deleted"
     summary = (f"retention of {ctx.target}: {verb} {len(delete)} archive(s), kept {len(keep)}"
-               f"{f' ({len(locked)} under Object Lock)' if locked else ''}, "
+               f"{f' ({n_locked} under Object Lock)' if n_locked else ''}, "
                f"{'would abort' if dry_run else 'aborted'} {len(uploads)} stale upload(s)")
     return result, summary
 
@@ -120,11 +121,21 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
 async def _unlocked(services: Resources, target: str, delete: list[dict[str, Any]],
                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                                dict[str, list[removal.Held]]]:
-    """(still to delete, kept because locked, each deletable archive's objects per location)."""
+    """(still to delete, kept because locked or whole in a copy only, each deletable archive's
+    objects per location)."""
     free, locked, held = [], [], {}
     for item in delete:
         bid = item["backup_id"]
         found = await removal.holdings(services, target, bid)
+        whole = removal.manifest_only_in_copies(found, target, bid)
+        if whole:
+            # No manifest in the primary, but a copy holds one: the primary lost it (a manifest
+            # deleted by hand, a half-done repair), not a backup that died. Deleting "the
+            # incomplete archive" everywhere would destroy the copy; reconciliation repairs it.
+            locked.append({"backup_id": bid, "reason": (
+                f"no manifest in the primary storage, but location {whole} holds the archive: "
+                f"kept for reconciliation (POST /v1/targets/{target}/reconcile)")})
+            continue
         lock = await removal.lock_end(found, bid)
         if lock is None:
             free.append(item)
