@@ -12,6 +12,7 @@ import structlog
 from pydantic import ValidationError
 
 from app import pagination
+from app.archives import copy_view
 from app.archives.schemas import Archive, ArchiveDetail, ArchiveList, Verification
 from app.audit import repository as audit_repo
 from app.backup import manifest as mf
@@ -131,7 +132,8 @@ def _dated(backup_id: str) -> bool:
 
 
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
-             doc: mf.Manifest | str | None, verification: Verification | None) -> Archive:
+             doc: mf.Manifest | str | None, verification: Verification | None,
+             copies: copy_view.Copies | None = None) -> Archive:
     """``doc``: the manifest, None when there is none, or why it is unreadable."""
     size = sum(o.size for o in objects if o.usable and not o.key.endswith(mf.MANIFEST))
     foreign = [o.key.split("/", 2)[-1] for o in objects if not o.usable]
@@ -154,6 +156,7 @@ def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
         job_id=manifest.job_id if manifest else None,
         database_size_bytes=manifest.database_size_bytes if manifest else None,
         verification=verification,
+        copies=copies or {},
     )
 
 
@@ -169,11 +172,13 @@ async def _manifest_or_reason(services: Resources, target: str,
         return exc.detail
 
 
-async def _verifications(services: Resources, target: str,
-                         backup_ids: list[str]) -> dict[str, Verification]:
+async def _verifications(services: Resources, target: str, backup_ids: list[str],
+                         ) -> tuple[dict[str, Verification], dict[str, copy_view.Copies]]:
+    """Each archive's last verification, and its copies' states (one connection)."""
     async with services.pool.acquire() as conn:
         rows = await jobs_repo.last_verifications(conn, target, backup_ids,
                                                   [str(s) for s in sorted(DAMAGE_STEPS)])
+        copies = await copy_view.read(conn, services.settings, target, backup_ids)
     found: dict[str, Verification] = {}
     for r in rows:
         try:
@@ -184,7 +189,7 @@ async def _verifications(services: Resources, target: str,
             # A damaged job record must not take the target's listing down: its archive shows
             # no verification, as if never verified, which is the safe reading.
             log.warning("verification_record_unreadable", target=target, job_id=str(r["id"]))
-    return found
+    return found, copies
 
 
 async def catalogue(services: Resources, target: str) -> list[Archive]:
@@ -199,8 +204,9 @@ async def catalogue(services: Resources, target: str) -> list[Archive]:
             return backup_id, await _manifest_or_reason(services, target, backup_id)
 
     docs = dict(await asyncio.gather(*(load(b) for b in complete)))
-    checks = await _verifications(services, target, ids)
-    return [_archive(target, b, grouped[b], docs.get(b), checks.get(b)) for b in ids]
+    checks, copies = await _verifications(services, target, ids)
+    return [_archive(target, b, grouped[b], docs.get(b), checks.get(b), copies.get(b))
+            for b in ids]
 
 
 async def list_archives(services: Resources, target: str, cursor: str | None,
@@ -220,8 +226,9 @@ async def get_archive(services: Resources, target: str, backup_id: str) -> Archi
     if backup_id not in grouped:
         raise NotFound(f"no archive {backup_id} for target {target}")
     doc = await _manifest_or_reason(services, target, backup_id)
-    checks = await _verifications(services, target, [backup_id])
-    archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id))
+    checks, copies = await _verifications(services, target, [backup_id])
+    archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id),
+                       copies.get(backup_id))
     return ArchiveDetail(**archive.model_dump(),
                          manifest=doc.as_stored()
                          if isinstance(doc, mf.Manifest) and archive.reason is None else None)

@@ -36,6 +36,15 @@ class StoredObject(_Model):
     sha256: str
 
 
+class CopyOutcome(_Model):
+    """What a backup left in one copy location (SPEC 2.15)."""
+
+    status: Literal["complete", "missing"] = Field(description=(
+        "complete: every object and the manifest landed; missing: the copy failed during the "
+        "backup and holds nothing of this archive (reconciliation repairs it)"))
+    detail: str | None = Field(description="why the copy is missing")
+
+
 class BackupResult(_Model):
     """A succeeded backup."""
 
@@ -49,6 +58,11 @@ class BackupResult(_Model):
     label: str | None
     tools: ToolsUsed
     phase_durations_s: PhaseDurations
+    copies: dict[str, CopyOutcome] = Field(default_factory=dict, description=(
+        "each configured copy location (PGVAULT_COPIES) by name; the primary is not listed"),
+        examples=[{"offsite": {"status": "complete", "detail": None}}])
+    warnings: list[str] = Field(default_factory=list, description=(
+        "what went wrong without failing the backup (a copy that is missing)"))
 
 
 class IndexRef(_Model):
