@@ -21,6 +21,7 @@ from typing import Any
 
 from app.archives import copy_state
 from app.backup import manifest
+from app.errors import StepFailed
 from app.integrations.storage import Location, Storage
 from app.jobs.context import JobContext
 from app.resources import Resources
@@ -95,10 +96,12 @@ async def write_manifests(ctx: JobContext, places: Places, key: str, data: bytes
     await asyncio.gather(*(put(c) for c in copies))
     try:
         await ctx.assert_lease()
-    except Exception as exc:
+    except StepFailed as exc:
         for location in [c for c in places.live if not c.primary]:
             await places.drop(ctx, location.name, f"lease not confirmed after the manifest: "
                               f"{exc}", key)
+    except Exception as exc:  # cannot ask: proves nothing either way (as for the primary)
+        ctx.log.warning("lease_unconfirmed_after_copy_manifests", error_type=type(exc).__name__)
 
 
 async def conclude(ctx: JobContext, places: Places, backup_id: str) -> dict[str, Any]:
@@ -111,12 +114,17 @@ async def conclude(ctx: JobContext, places: Places, backup_id: str) -> dict[str,
         copies[location.name] = {"status": "missing" if why else "complete", "detail": why}
         if why:
             warnings.append(f"copy {location.name} is missing: {why}")
-    if copies:
-        async with ctx.services.pool.acquire() as conn:
-            for name, state in copies.items():
-                await copy_state.record(conn, target=ctx.target, backup_id=backup_id,
-                                        location=name, status=state["status"],
-                                        detail=state["detail"])
+    try:
+        if copies:
+            async with ctx.services.pool.acquire() as conn:
+                for name, state in copies.items():
+                    await copy_state.record(conn, target=ctx.target, backup_id=backup_id,
+                                            location=name, status=state["status"],
+                                            detail=state["detail"])
+    except Exception as exc:  # the archive stands; its copies show no state until reconciled
+        ctx.log.warning("copy_states_not_recorded", error_type=type(exc).__name__)
+        warnings.append("the copies' states could not be recorded: reconciliation will find "
+                        "them")
     for name, why in places.dropped.items():
         ctx.services.notifier.emit("copy.failed", {
             "target": ctx.target, "backup_id": backup_id, "location": name, "detail": why,
