@@ -42,6 +42,17 @@ class SuspectCleared(BaseModel):
     reason: str | None = None
 
 
+class CopyState(BaseModel):
+    """One copy location's state of an archive (SPEC 2.15), as last written or checked."""
+
+    status: Literal["complete", "missing", "incomplete", "damaged"] = Field(description=(
+        "complete: every object and the manifest there; missing: not there (the copy failed "
+        "during the backup); incomplete: an object absent or short; damaged: an object fails "
+        "its SHA-256"))
+    checked_at: datetime = Field(description="when the state was written or last checked")
+    detail: str | None = Field(None, description="why it is not complete")
+
+
 ARCHIVE_EXAMPLE: dict[str, Any] = {
     "backup_id": "20261124T000012Z-k3x9a2", "target": "demo",
     "created_at": "2026-11-24T00:00:12.031Z", "finished_at": "2026-11-24T00:01:05.498Z",
@@ -54,7 +65,9 @@ ARCHIVE_EXAMPLE: dict[str, Any] = {
                      "summary": "restore verification of 20261124T000012Z-k3x9a2 passed: "
                                 "2 object(s), 1207 TOC entries, 21 tables match in 9.8 s",
                      "damaged": False},
-    "suspect": False, "anomalies": [], "suspect_cleared": None}
+    "suspect": False, "anomalies": [], "suspect_cleared": None,
+    "copies": {"offsite": {"status": "complete", "checked_at": "2026-11-24T00:01:05.611Z",
+                           "detail": None}}}
 
 
 class Archive(BaseModel):
@@ -92,6 +105,10 @@ class Archive(BaseModel):
         "found when it was written (kept after clearing)"))
     suspect_cleared: SuspectCleared | None = Field(None, description=(
         "an operator said the change was intended (PATCH suspect false)"))
+    copies: dict[str, CopyState | None] = Field(default_factory=dict, description=(
+        "each configured copy location (PGVAULT_COPIES) by name, the primary not included; "
+        "null: no state recorded for this archive there yet (older than the copy's "
+        "configuration, or never checked): reconciliation finds out"))
 
     @model_validator(mode="before")
     @classmethod

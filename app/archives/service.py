@@ -13,7 +13,7 @@ import structlog
 from pydantic import ValidationError
 
 from app import pagination
-from app.archives import holdings, removal, reviews
+from app.archives import copy_view, holdings, removal, reviews
 from app.archives.schemas import (
     Anomaly,
     Archive,
@@ -158,10 +158,11 @@ async def _copy_verdicts(services: Resources, target: str, grouped: dict[str, li
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
              doc: mf.Manifest | str | None, verification: Verification | None,
              review: SuspectCleared | None = None,
-             copies: holdings.Verdict | None = None) -> Archive:
+             copies: holdings.Verdict | None = None,
+             states: copy_view.Copies | None = None) -> Archive:
     """``doc``: the manifest, None when there is none, or why it is unreadable; ``review``: its
     suspect mark cleared by an operator; ``copies``: for an archive the primary holds short, what
-    the copies say."""
+    the copies say; ``states``: each copy location's recorded state."""
     size = sum(o.size for o in objects if o.usable and not o.key.endswith(mf.MANIFEST))
     foreign = [o.key.split("/", 2)[-1] for o in objects if not o.usable]
     reason = doc if isinstance(doc, str) else copies.reason if copies else None
@@ -184,6 +185,7 @@ def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
         job_id=manifest.job_id if manifest else None,
         database_size_bytes=manifest.database_size_bytes if manifest else None,
         verification=verification, degraded=degraded,
+        copies=states or {},
         **_suspicion(manifest, review),
     )
 
@@ -207,11 +209,13 @@ async def _manifest_or_reason(services: Resources, target: str,
         return exc.detail
 
 
-async def _verifications(services: Resources, target: str,
-                         backup_ids: list[str]) -> dict[str, Verification]:
+async def _verifications(services: Resources, target: str, backup_ids: list[str],
+                         ) -> tuple[dict[str, Verification], dict[str, copy_view.Copies]]:
+    """Each archive's last verification, and its copies' states (one connection)."""
     async with services.pool.acquire() as conn:
         rows = await jobs_repo.last_verifications(conn, target, backup_ids,
                                                   [str(s) for s in sorted(DAMAGE_STEPS)])
+        copies = await copy_view.read(conn, services.settings, target, backup_ids)
     found: dict[str, Verification] = {}
     for r in rows:
         try:
@@ -222,7 +226,7 @@ async def _verifications(services: Resources, target: str,
             # A damaged job record must not take the target's listing down: its archive shows
             # no verification, as if never verified, which is the safe reading.
             log.warning("verification_record_unreadable", target=target, job_id=str(r["id"]))
-    return found
+    return found, copies
 
 
 async def _reviews(services: Resources, target: str,
@@ -246,10 +250,10 @@ async def catalogue(services: Resources, target: str) -> list[Archive]:
 
     docs = dict(await asyncio.gather(*(load(b) for b in complete)))
     verdicts = await _copy_verdicts(services, target, grouped, docs)
-    checks = await _verifications(services, target, ids)
+    checks, states = await _verifications(services, target, ids)
     cleared = await _reviews(services, target, complete)
     return [_archive(target, b, grouped[b], docs.get(b), checks.get(b), review=cleared.get(b),
-                     copies=verdicts.get(b))
+                     copies=verdicts.get(b), states=states.get(b))
             for b in ids]
 
 
@@ -271,10 +275,11 @@ async def get_archive(services: Resources, target: str, backup_id: str) -> Archi
         raise NotFound(f"no archive {backup_id} for target {target}")
     doc = await _manifest_or_reason(services, target, backup_id)
     verdicts = await _copy_verdicts(services, target, grouped, {backup_id: doc})
-    checks = await _verifications(services, target, [backup_id])
+    checks, states = await _verifications(services, target, [backup_id])
     cleared = await _reviews(services, target, [backup_id])
     archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id),
-                       review=cleared.get(backup_id), copies=verdicts.get(backup_id))
+                       review=cleared.get(backup_id), copies=verdicts.get(backup_id),
+                       states=states.get(backup_id))
     locked = await removal.shown_lock(services, target, backup_id,
                                       [o.key for o in grouped[backup_id]])
     return ArchiveDetail(**archive.model_dump(),

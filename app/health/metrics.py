@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from app.archives import service as archives
 from app.archives.schemas import Archive
+from app.health import copy_metrics
 from app.jobs import repository as jobs_repo
 from app.resources import Resources
 from app.targets.rpo import good_backup, within_rpo
@@ -57,11 +58,14 @@ class Facts:
     last_verify: dict[str, Any] = field(default_factory=dict)
     running_backup: dict[str, Any] = field(default_factory=dict)
     archives: dict[str, list[Archive] | None] = field(default_factory=dict)
+    copies: list[str] = field(default_factory=list)
+    copy_failures: list[Any] = field(default_factory=list)
 
 
 async def gather(services: Resources) -> Facts:
     names = sorted(services.settings.targets)
-    facts = Facts(targets=names, rpo_hours=services.settings.rpo_hours, now=time.time())
+    facts = Facts(targets=names, rpo_hours=services.settings.rpo_hours, now=time.time(),
+                  copies=[c.name for c in services.settings.copies])
     async with services.pool.acquire() as conn:
         facts.counts = await jobs_repo.counts(conn)
         facts.durations = await jobs_repo.duration_buckets(conn, DURATION_BUCKETS)
@@ -71,6 +75,7 @@ async def gather(services: Resources) -> Facts:
                              for r in await jobs_repo.last_finished(conn, "verify", names)}
         facts.running_backup = {r["target"]: r
                                 for r in await jobs_repo.running_of(conn, "backup")}
+        facts.copy_failures = await copy_metrics.failures(conn)
     listed = await asyncio.gather(*(_archives(services, n) for n in names))
     facts.archives = dict(zip(names, listed, strict=True))
     return facts
@@ -92,6 +97,8 @@ class FactsCollector(Collector):
         yield from self._backups()
         yield from self._archives()
         yield from self._verifications()
+        yield from copy_metrics.collect(self.facts.copies, self.facts.archives,
+                                        self.facts.copy_failures)
 
     def _jobs(self) -> Iterator[Metric]:
         total = CounterMetricFamily("pgvault_jobs", "Finished jobs by kind and outcome",

@@ -57,6 +57,15 @@ class BackupAnomaly(_Model):
     now: int | None = Field(description="in this archive; null when the table is gone")
 
 
+class CopyOutcome(_Model):
+    """What a backup left in one copy location (SPEC 2.15)."""
+
+    status: Literal["complete", "missing"] = Field(description=(
+        "complete: every object and the manifest landed; missing: the copy failed during the "
+        "backup and holds nothing of this archive (reconciliation repairs it)"))
+    detail: str | None = Field(description="why the copy is missing")
+
+
 class BackupResult(_Model):
     """A succeeded backup."""
 
@@ -73,6 +82,11 @@ class BackupResult(_Model):
                           "from backups made before the anomaly guard)")
     anomalies: list[BackupAnomaly] = Field(default_factory=list)
     phase_durations_s: PhaseDurations
+    copies: dict[str, CopyOutcome] = Field(default_factory=dict, description=(
+        "each configured copy location (PGVAULT_COPIES) by name; the primary is not listed"),
+        examples=[{"offsite": {"status": "complete", "detail": None}}])
+    warnings: list[str] = Field(default_factory=list, description=(
+        "what went wrong without failing the backup (a copy that is missing)"))
 
 
 class IndexRef(_Model):
