@@ -168,6 +168,7 @@ async def test_backup_held_by_a_lock_fails_as_stalled(make_settings: Any, stall_
     finally:
         await locker.close()
     assert_stalled(job, "held", "dump")
+    assert "backends were waiting on a lock another session holds" in job["error"]["detail"]
     assert took < STALL_S + ENDING_S, took
     assert await job_backends(name) == [] and job_processes(name) == []
     assert stored(s3, bucket, "held") == ([], [])
@@ -215,6 +216,7 @@ async def test_storage_that_stops_answering_mid_upload_fails_as_stalled(
             took = time.monotonic() - since
         aborted = [p for m, p in proxy.seen if m == "DELETE" and "uploadId=" in p]
     assert_stalled(job, "stuck", "dump")
+    assert "backends were waiting on pgvault's side" in job["error"]["detail"]
     assert took < STALL_S + ENDING_S, took
     assert job["progress"]["bytes_uploaded"] >= 5 * 1024 * 1024  # a part went through
     assert aborted, proxy.seen

@@ -38,6 +38,7 @@ BACKENDS_SQL = """
 SELECT a.application_name AS name, a.pid,
        coalesce(a.state = 'active' AND a.wait_event_type IS DISTINCT FROM 'Lock'
                 AND a.wait_event_type IS DISTINCT FROM 'Client', false) AS working,
+       CASE WHEN a.state = 'active' THEN a.wait_event_type END AS waits_on,
        current_setting('block_size')::int8 AS block_size{columns}
 FROM pg_catalog.pg_stat_activity a
 {joins}
@@ -60,6 +61,7 @@ class Backend:
     name: str
     pid: int
     working: bool
+    waits_on: str | None  # an active backend's wait_event_type ("Lock", "Client", "IO", ...)
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
@@ -81,5 +83,5 @@ async def read(conn: Any, names: list[str]) -> list[Backend]:
     """The backends whose application_name is one of ``names`` (one query; asyncpg ``conn``)."""
     sql = backends_sql(conn.get_server_version().major)
     rows = await conn.fetch(sql, names)
-    return [Backend(name=r["name"], pid=r["pid"], working=r["working"], counters=_counters(r))
-            for r in rows]
+    return [Backend(name=r["name"], pid=r["pid"], working=r["working"], waits_on=r["waits_on"],
+                    counters=_counters(r)) for r in rows]

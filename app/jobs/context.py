@@ -58,9 +58,10 @@ class JobContext:
         self.phase_started = time.monotonic()
         self.phase_durations: dict[str, float] = {}
         # The stall watchdog's clock (app/jobs/watchdog.py): when the job last showed progress;
-        # and, once it stopped the job as stalled, for how long nothing moved and at which phase.
+        # and, once it stopped the job as stalled: seconds without progress, phase, and what its
+        # server backends were waiting on ("" when nothing was seen).
         self.last_progress = time.monotonic()
-        self.stalled: tuple[float, str] | None = None
+        self.stalled: tuple[float, str, str] | None = None
 
     def progress(self, *, bytes_done: int | None = None, bytes_total: int | None = None,
                  bytes_uploaded: int | None = None) -> None:

@@ -63,6 +63,7 @@ class _Seen:
     phase: str
     counters: dict[tuple[int, str], int] = field(default_factory=dict)
     done: int = 0  # bytes of server work in this phase
+    waits: str = ""  # what its idle backends wait on, in words
 
 
 class Watchdog:
@@ -86,7 +87,8 @@ class Watchdog:
         for ctx in jobs:
             idle = now - ctx.last_progress
             if idle >= self.timeout_s and not ctx.cancelling:
-                ctx.stalled = (idle, ctx.phase)
+                seen = self._seen.get(ctx.job_id)
+                ctx.stalled = (idle, ctx.phase, seen.waits if seen else "")
                 ctx.log.warning("job_stalled", phase=ctx.phase, idle_s=round(idle, 1),
                                 stall_timeout_s=self.timeout_s)
                 self._stop(ctx)
@@ -126,6 +128,7 @@ class Watchdog:
                     alive = True
                     moved += delta * unit
         seen.counters = counters
+        seen.waits = _waits(backends)
         if alive:
             ctx.alive()
         if moved and ctx.phase in SERVER_PHASES:
@@ -133,12 +136,23 @@ class Watchdog:
             ctx.progress(bytes_done=seen.done)
 
 
+_WAITS = {"Lock": "a lock another session holds", "Client": "pgvault's side (a stuck pipeline)"}
+
+
+def _waits(backends: list[job_backends.Backend]) -> str:
+    """What the job's active backends that do not work wait on, in words."""
+    found = sorted({b.waits_on for b in backends if not b.working and b.waits_on})
+    return ", ".join(_WAITS.get(w, w) for w in found)
+
+
 def ending(ctx: JobContext) -> tuple[dict[str, str], str]:
     """The error and summary of a job the watchdog stopped."""
     assert ctx.stalled is not None
-    idle, phase = ctx.stalled
+    idle, phase, waits = ctx.stalled
     timeout = ctx.services.settings.stall_timeout_s
-    detail = (f"no progress for {idle:.0f} s at phase {phase} (stall_timeout_s is {timeout:g}): "
-              "its processes were stopped, its server backends ended and its uploads aborted")
+    detail = (f"no progress for {idle:.0f} s at phase {phase} (stall_timeout_s is {timeout:g})"
+              + (f"; its server backends were waiting on {waits}" if waits else "")
+              + "; the job was stopped and its work undone (processes, server backends, open "
+                "uploads, scratch databases)")
     return ({"title": ERROR_TITLE, "detail": detail},
             summaries.stalled(ctx.kind, ctx.target, ctx.params, idle_s=idle, phase=phase))
