@@ -248,6 +248,20 @@ async def test_long_index_build_that_shows_progress_is_not_stalled(
     assert restoring and max(restoring) > 0 and restoring == sorted(restoring), restoring
 
 
+async def test_long_analyze_that_works_on_the_server_is_not_stalled(
+        make_settings: Any, stall_db: str) -> None:
+    """ANALYZE computing the expression index's statistics (every row through slow_key) moves no
+    counter for seconds; its backend works, and that is enough."""
+    stall_s = 1.5
+    settings = make_settings(targets={"slowan": {"dsn": dsn(stall_db)}}, stall_timeout_s=stall_s)
+    async with running_app(settings) as c:
+        resp = await c.post("/v1/targets/slowan/maintenance", headers=auth("operator"),
+                            json={"task": "analyze"})
+        job = await wait_job(c, resp.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert job["result"]["duration_s"] > 2 * stall_s, job["result"]
+
+
 async def test_backend_query_fits_each_server_major() -> None:
     """Servers before 14 have no COPY progress view, before 13 no ANALYZE one, before 12 none:
     the query asks only for what the server has, and reads the same way."""
