@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -35,6 +35,7 @@ from app.archives import service as archives
 from app.archives.schemas import Archive
 from app.health import copy_metrics
 from app.jobs import repository as jobs_repo
+from app.jobs.schemas import JobKind
 from app.resources import Resources
 from app.targets.rpo import good_backup, within_rpo
 
@@ -105,7 +106,13 @@ class FactsCollector(Collector):
                                     labels=["kind", "outcome"])
         active = GaugeMetricFamily("pgvault_jobs_active", "Queued and running jobs by kind",
                                    labels=["kind", "status"])
+        # Every kind, from 0: an alert on its increase needs the series before the first stall.
+        stalled = CounterMetricFamily(
+            "pgvault_jobs_stalled", "Jobs failed by the stall watchdog (no change of phase or "
+            "progress for stall_timeout_s), by kind", labels=["kind"])
+        stalls = dict.fromkeys(get_args(JobKind), 0)
         for row in self.facts.counts:
+            stalls[row["kind"]] = stalls.get(row["kind"], 0) + row["stalled"]
             if row["status"] in FINISHED:
                 total.add_metric([row["kind"], row["status"]], row["n"])
             else:
@@ -119,7 +126,9 @@ class FactsCollector(Collector):
             buckets.append(("+Inf", float(row["n"])))
             durations.add_metric([row["kind"], row["status"]], buckets,
                                  sum_value=float(row["seconds"] or 0))
-        yield from (total, active, durations)
+        for kind, n in stalls.items():
+            stalled.add_metric([kind], n)
+        yield from (total, active, durations, stalled)
 
     def _backups(self) -> Iterator[Metric]:
         f = self.facts
