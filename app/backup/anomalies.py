@@ -100,7 +100,11 @@ def describe(anomalies: list[mf.Anomaly]) -> str:
 
 async def previous_good(services: Resources, target: str) -> list[mf.Manifest]:
     """The manifests of the target's newest :data:`BASELINE` good archives, newest first."""
-    good = [a for a in await catalogue(services, target) if is_good(a)][:BASELINE]
+    # Ids sort by the second they were made in; two backups of one second tie on it, so the
+    # finish time decides which is newer.
+    good = sorted((a for a in await catalogue(services, target) if is_good(a)),
+                  key=lambda a: (a.created_at, a.finished_at or a.created_at),
+                  reverse=True)[:BASELINE]
     return [await load_manifest(services, target, a.backup_id) for a in good]
 
 
