@@ -41,6 +41,8 @@ DEFAULT_SCHEDULES: dict[str, str] = {
     "verify": "0 3 1 * *",  # monthly restore test
     "maintenance": "0 2 * * 0",  # weekly ANALYZE
 }
+# With verify_every_archive, the restore tests run daily (within the target's daily budget).
+CONTINUOUS_VERIFY_SCHEDULE = "0 3 * * *"
 
 SCHEDULE_ALIASES = {"verification": "verify"}
 
@@ -113,7 +115,10 @@ class TargetConfig(BaseModel):
         return PgDsn.parse(self.dsn.get_secret_value())
 
     def effective_schedules(self) -> dict[str, str]:
-        return {**DEFAULT_SCHEDULES, **self.schedules}
+        defaults = dict(DEFAULT_SCHEDULES)
+        if self.verify_every_archive:  # continuous proof: daily slots, each within the budget
+            defaults["verify"] = CONTINUOUS_VERIFY_SCHEDULE
+        return {**defaults, **self.schedules}
 
 
 WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "job.stalled",

@@ -12,6 +12,7 @@ import structlog
 from pydantic import ValidationError
 
 from app import pagination
+from app.archives import proof_sql
 from app.archives.schemas import Archive, ArchiveDetail, ArchiveList, Verification
 from app.audit import repository as audit_repo
 from app.backup import manifest as mf
@@ -172,19 +173,29 @@ async def _manifest_or_reason(services: Resources, target: str,
 async def _verifications(services: Resources, target: str,
                          backup_ids: list[str]) -> dict[str, Verification]:
     async with services.pool.acquire() as conn:
-        rows = await jobs_repo.last_verifications(conn, target, backup_ids,
+        rows = await proof_sql.last_verifications(conn, target, backup_ids,
                                                   [str(s) for s in sorted(DAMAGE_STEPS)])
     found: dict[str, Verification] = {}
     for r in rows:
         try:
             found[r["params"]["backup_id"]] = Verification(
                 status=r["status"], level=r["params"].get("level", "checksum"), job_id=r["id"],
-                finished_at=r["finished_at"], summary=r["summary"], damaged=r["damaged"])
+                finished_at=r["finished_at"], at=r["finished_at"],
+                duration_s=_took(r["result"], r["run_s"]),
+                summary=r["summary"], damaged=r["damaged"])
         except ValidationError:
             # A damaged job record must not take the target's listing down: its archive shows
             # no verification, as if never verified, which is the safe reading.
             log.warning("verification_record_unreadable", target=target, job_id=str(r["id"]))
     return found
+
+
+def _took(result: object, run_s: float | None) -> float | None:
+    """The job's own duration figure, else its start-to-end time."""
+    took = result.get("duration_s") if isinstance(result, dict) else None
+    if isinstance(took, int | float) and not isinstance(took, bool):
+        return round(float(took), 3)
+    return None if run_s is None else round(run_s, 3)
 
 
 async def catalogue(services: Resources, target: str) -> list[Archive]:
