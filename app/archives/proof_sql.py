@@ -57,11 +57,11 @@ async def continuous_queued(conn: Any, target: str, since: datetime, until: date
 async def restore_history(conn: Any, target: str, limit: int) -> list[Any]:
     """The target's last ``limit`` succeeded restores and restore-level verifications: each one's
     archive (``backup_id``), its run time (``duration_s``: the command's own figure, else start
-    to end) and the archive's stored size from its backup job (``size_bytes``, null when that
-    record is gone or unreadable)."""
+    to end), its time per phase (``phases``, as stored) and the archive's stored size from its
+    backup job (``size_bytes``, null when that record is gone or unreadable)."""
     rows: list[Any] = await conn.fetch(
         """SELECT coalesce(j.result->>'backup_id', j.params->>'backup_id') AS backup_id,
-                  j.kind, j.finished_at,
+                  j.kind, j.finished_at, j.result->'phase_durations_s' AS phases,
                   CASE WHEN jsonb_typeof(j.result->'duration_s') = 'number'
                        THEN (j.result->>'duration_s')::float8
                        ELSE extract(epoch FROM j.finished_at - j.started_at)::float8
