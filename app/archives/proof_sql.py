@@ -19,18 +19,23 @@ _CONCLUSIVE = """(j.status = 'succeeded'
 
 async def last_verifications(conn: Any, target: str, backup_ids: list[str],
                              damage_steps: list[str]) -> list[Any]:
-    """Each archive's last conclusive verification (its last finished one when none is), with
-    ``damaged`` (that conclusive one failed) and ``run_s`` (its start-to-end time)."""
-    cols = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    """Each archive's last finished verification, with ``run_s`` (its start-to-end time) and
+    ``damaged``: whether its last conclusive one found the archive broken. A later run that
+    failed for another reason (no worker, no room) changes neither verdict."""
+    cols = ", ".join(f"v.{c.strip()}" for c in JOB_COLUMNS.split(","))
     rows: list[Any] = await conn.fetch(
-        f"""SELECT DISTINCT ON (j.params->>'backup_id') {cols},
-                ({_CONCLUSIVE} AND j.status = 'failed') AS damaged,
-                extract(epoch FROM j.finished_at - j.started_at)::float8 AS run_s
-            FROM jobs j
-            WHERE j.kind = 'verify' AND j.target = $1
-              AND j.params->>'backup_id' = ANY($2::text[])
-              AND j.status IN ('succeeded', 'failed')
-            ORDER BY j.params->>'backup_id', {_CONCLUSIVE} DESC, j.finished_at DESC""",
+        f"""SELECT DISTINCT ON (v.params->>'backup_id') {cols},
+                extract(epoch FROM v.finished_at - v.started_at)::float8 AS run_s,
+                coalesce((SELECT j.status = 'failed' FROM jobs j
+                          WHERE j.kind = 'verify' AND j.target = v.target
+                            AND j.params->>'backup_id' = v.params->>'backup_id'
+                            AND {_CONCLUSIVE}
+                          ORDER BY j.finished_at DESC LIMIT 1), false) AS damaged
+            FROM jobs v
+            WHERE v.kind = 'verify' AND v.target = $1
+              AND v.params->>'backup_id' = ANY($2::text[])
+              AND v.status IN ('succeeded', 'failed')
+            ORDER BY v.params->>'backup_id', v.finished_at DESC""",
         target, backup_ids, damage_steps)
     return rows
 

@@ -12,8 +12,8 @@ ArchiveStatus = Literal["complete", "incomplete", "unreadable"]
 
 
 class Verification(BaseModel):
-    """The archive's last conclusive verification (passed, or found damage); its last finished
-    one when none was conclusive (a run that failed for another reason)."""
+    """The archive's last finished verification; ``damaged`` is its last conclusive one's verdict.
+    Whether a restore test proved it: target status (``unverified_archives``)."""
 
     status: Literal["succeeded", "failed"]
     level: Literal["checksum", "restore"]
@@ -63,8 +63,7 @@ class Archive(BaseModel):
     label: str | None = None
     job_id: UUID | None = Field(None, description="the backup job that made it")
     database_size_bytes: int | None = None
-    verification: Verification | None = Field(None, description=(
-        "the last conclusive verification (passed, or found damage), else the last one"))
+    verification: Verification | None = Field(None, description="the last verification")
 
     @model_validator(mode="before")
     @classmethod
