@@ -173,3 +173,15 @@ async def test_the_forecast_holds_for_a_larger_table(make_settings: Any) -> None
     finally:
         await conn.close()
         await drop_db(db)
+
+
+def test_forecast_fits_a_line_when_sizes_differ_and_a_ratio_otherwise() -> None:
+    # A fixed cost of 2 s plus 1 s per 100 MB, seen at 100 and 300 MB: 400 MB takes 6 s.
+    assert proof.forecast([(100e6, 3.0), (300e6, 5.0)], 400e6) == 6.0
+    # Sizes too close for a line: time per byte, scaled.
+    assert proof.forecast([(100e6, 3.0), (105e6, 3.3)], 200e6) == 6.1  # 6.3 s per 205 MB
+    # A line that would make a bigger archive faster is noise: the ratio instead.
+    assert proof.forecast([(100e6, 5.0), (300e6, 3.0)], 200e6) == 4.0
+    assert proof.forecast([], 1e6) is None
+    assert proof.rto_ok(7200.0, {1: 1.0, 2: 4.0, 3: 8.0}) == {"1": False, "2": True, "3": True}
+    assert proof.rto_ok(None, {1: 1.0, 2: 4.0, 3: 8.0}) is None
