@@ -144,6 +144,8 @@ async def continuous_params(services: Resources, target: str,
         used = await proof_sql.continuous_queued(conn, target, *day_of(now))
         in_use = await jobs_repo.archives_in_use(conn, target)
     pending = to_prove(archives, passes)
+    if not any(a.complete for a in archives):
+        return "skipped: no complete archive to verify"
     if not pending:
         return "skipped: every complete archive is proven"
     if used >= budget:
