@@ -4,6 +4,7 @@ proven and how long the next restore should take, against the RTOs."""
 
 from __future__ import annotations
 
+import statistics
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,6 +67,14 @@ async def restore_newest(c: Any, target: str, backup_id: str, database: str) -> 
     return took
 
 
+async def measured_restore(c: Any, target: str, backup_id: str, database: str,
+                           times: int) -> float:
+    """The median of ``times`` restores: on this shared machine one restore of a few seconds
+    swings by half its time from one run to the next, whatever any forecast says."""
+    return statistics.median([await restore_newest(c, target, backup_id, database)
+                              for _ in range(times)])
+
+
 async def test_every_archive_is_proven_within_budget_and_the_forecast_holds(
         make_settings: Any, pagila_db: str) -> None:
     # One job at a time: the restore tests' run times are then those of a lone restore.
@@ -88,12 +97,14 @@ async def test_every_archive_is_proven_within_budget_and_the_forecast_holds(
         assert [(f["kind"], f["outcome"]) for f in fired] == [("verify", "queued")]
         first = await verifies(c, "proof")
         # The two oldest (the budget); queued in one transaction, they share a queue time.
-        assert sorted(await params_of(c, first), key=lambda p: p["backup_id"]) == [
-            {"backup_id": b, "level": "restore", "continuous": True} for b in ids[:2]]
+        queued = await params_of(c, first)
+        assert {p["backup_id"] for p in queued} == set(ids[:2])
+        assert all(p == {"backup_id": p["backup_id"], "level": "restore", "continuous": True}
+                   for p in queued) and len(queued) == 2
         # The budget is spent for today, whatever else the day brings.
         assert "budget" in await proof.continuous_params(
             c.app.state.services.resources, "proof", now)  # type: ignore[attr-defined]
-        assert sorted(await settle(c, first)) == ids[:2]
+        assert set(await settle(c, first)) == set(ids[:2])
         shown = await status(c, "proof")
         assert shown["unverified_archives"] == 1
         assert shown["last_verified_backup"]["backup_id"] == ids[1]
@@ -123,8 +134,10 @@ async def test_every_archive_is_proven_within_budget_and_the_forecast_holds(
         assert shown["rto_forecast_ok"] == {"1": True, "2": True, "3": True}
         first_restore = await restore_newest(c, "proof", ids[2], f"{PREFIX}_proof_restored")
         assert forecast / 3 < first_restore < forecast * 3  # restore tests stand in for it
+        for _ in range(2):  # three restores: the forecast's median is proof against one burst
+            await restore_newest(c, "proof", ids[2], f"{PREFIX}_proof_restored")
         forecast = (await status(c, "proof"))["restore_forecast_s"]
-        measured = await restore_newest(c, "proof", ids[2], f"{PREFIX}_proof_restored")
+        measured = await measured_restore(c, "proof", ids[2], f"{PREFIX}_proof_restored", 3)
         assert abs(forecast - measured) <= 0.5 * measured, (forecast, measured)
 
         samples, _ = await scrape(c)
@@ -145,8 +158,14 @@ async def test_every_archive_is_proven_within_budget_and_the_forecast_holds(
         assert value(samples, "pgvault_rto_forecast_ok", target="proof", severity="3") == 1
 
 
+async def settled(conn: Any) -> None:
+    """No autovacuum of fresh rows, no pending checkpoint, to slow one restore and not the next."""
+    await conn.execute("VACUUM ANALYZE words")
+    await conn.execute("CHECKPOINT")
+
+
 async def test_the_forecast_holds_for_a_larger_table(make_settings: Any) -> None:
-    """A restore of half a million rows of random text predicts the restore of the next, larger
+    """Restores of half a million rows of random text predict the restore of the next, larger
     archive, scaled by its size."""
     db = await create_db(f"{PREFIX}_proofbig")
     conn = await admin_conn(db)
@@ -157,18 +176,21 @@ async def test_the_forecast_holds_for_a_larger_table(make_settings: Any) -> None
     try:
         await conn.execute("CREATE TABLE words (id int PRIMARY KEY, t text)")
         await conn.execute(grow, 1, 500_000)
+        await settled(conn)
         async with running_app(settings) as c:
             first = (await backup(c, "proofbig"))["result"]
             assert (await status(c, "proofbig"))["restore_forecast_s"] is None  # no history
-            await restore_newest(c, "proofbig", first["backup_id"], f"{PREFIX}_proofbig_r1")
+            for _ in range(3):
+                await restore_newest(c, "proofbig", first["backup_id"], f"{PREFIX}_proofbig_r1")
             await conn.execute(grow, 500_001, 600_000)
+            await settled(conn)
             newest = (await backup(c, "proofbig"))["result"]
             assert newest["size_bytes"] > 1.1 * first["size_bytes"]
             shown = await status(c, "proofbig")
             assert shown["unverified_archives"] == 2 and shown["last_verified_backup"] is None
             forecast = shown["restore_forecast_s"]
-            measured = await restore_newest(c, "proofbig", newest["backup_id"],
-                                            f"{PREFIX}_proofbig_r2")
+            measured = await measured_restore(c, "proofbig", newest["backup_id"],
+                                              f"{PREFIX}_proofbig_r2", 3)
             assert abs(forecast - measured) <= 0.5 * measured, (forecast, measured)
     finally:
         await conn.close()
@@ -179,9 +201,10 @@ def test_forecast_fits_a_line_when_sizes_differ_and_a_ratio_otherwise() -> None:
     # A fixed cost of 2 s plus 1 s per 100 MB, seen at 100 and 300 MB: 400 MB takes 6 s.
     assert proof.forecast([(100e6, 3.0), (300e6, 5.0)], 400e6) == 6.0
     # Sizes too close for a line: time per byte, scaled.
-    assert proof.forecast([(100e6, 3.0), (105e6, 3.3)], 200e6) == 6.1  # 6.3 s per 205 MB
-    # A line that would make a bigger archive faster is noise: the ratio instead.
-    assert proof.forecast([(100e6, 5.0), (300e6, 3.0)], 200e6) == 4.0
+    assert proof.forecast([(100e6, 3.0), (105e6, 3.3)], 200e6) == 6.1
+    # A line that would make a bigger archive faster is noise: the median time per byte instead.
+    assert proof.forecast([(100e6, 5.0), (300e6, 3.0)], 200e6) == 6.0
+    assert proof.forecast([(100e6, 1.0), (100e6, 1.2), (100e6, 9.0)], 100e6) == 1.2
     assert proof.forecast([], 1e6) is None
     assert proof.rto_ok(7200.0, {1: 1.0, 2: 4.0, 3: 8.0}) == {"1": False, "2": True, "3": True}
     assert proof.rto_ok(None, {1: 1.0, 2: 4.0, 3: 8.0}) is None

@@ -19,13 +19,15 @@ status and metrics.
   drop, which waits for a checkpoint and took longer than the whole rest of a verification of
   a 500k-row table on a busy machine.
   With sizes spread enough, a least-squares line ``a + b * size`` (a fixed cost plus a cost per
-  byte); otherwise, or when the line makes no sense (negative), the ratio of total time to total
-  bytes. Applied to the newest good archive (complete, not found damaged).
+  byte); otherwise, or when the line makes no sense (negative), the median time per byte (one
+  restore slowed by a busy host does not move it). Applied to the newest good archive
+  (complete, not found damaged).
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,10 +69,16 @@ def day_of(now: datetime) -> tuple[datetime, datetime]:
 
 
 def to_prove(archives: Iterable[Archive], passes: dict[str, datetime]) -> list[Archive]:
-    """Complete archives with no conclusive verification, oldest first."""
+    """Complete archives with no conclusive verification, oldest first (two backups can start
+    in the same second, which is all a backup id says: then the one that finished first)."""
     return sorted((a for a in archives if a.complete and a.backup_id not in passes
                    and not (a.verification and a.verification.damaged)),
-                  key=lambda a: a.backup_id)
+                  key=_age)
+
+
+def _age(archive: Archive) -> tuple[datetime, datetime, str]:
+    """Creation order: a backup id's time, then (same second) the one that finished first."""
+    return archive.created_at, archive.finished_at or archive.created_at, archive.backup_id
 
 
 def forecast(points: list[tuple[float, float]], size: float) -> float | None:
@@ -86,7 +94,7 @@ def forecast(points: list[tuple[float, float]], size: float) -> float | None:
         a = md - b * ms
         if a >= 0 and b >= 0:
             return round(a + b * size, 1)
-    return round(sum(d for _, d in pts) / sum(sizes) * size, 1)
+    return round(statistics.median(d / s for s, d in pts) * size, 1)
 
 
 def rto_ok(forecast_s: float | None, rto_hours: dict[int, float]) -> dict[str, bool] | None:
@@ -97,12 +105,12 @@ def rto_ok(forecast_s: float | None, rto_hours: dict[int, float]) -> dict[str, b
 
 async def proof_of(services: Resources, target: str, archives: list[Archive],
                    now: datetime) -> Proof:
-    """The target's proof, from its catalogue (``archives``, newest first) and its jobs."""
+    """The target's proof, from its catalogue (``archives``) and its jobs."""
     async with services.pool.acquire() as conn:
         passes = await proof_sql.restore_passes(conn, target)
         history = await proof_sql.restore_history(conn, target, HISTORY)
         used = await proof_sql.continuous_queued(conn, target, *day_of(now))
-    good = [a for a in archives if is_good(a)]
+    good = sorted((a for a in archives if is_good(a)), key=_age, reverse=True)
     last = next(((a.backup_id, passes[a.backup_id]) for a in good if a.backup_id in passes),
                 None)
     sizes = {a.backup_id: float(a.size_bytes) for a in archives}
