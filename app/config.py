@@ -20,12 +20,19 @@ from pydantic import (
     HttpUrl,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from app.config_models import AnomalyConfig, CopyConfig, ObjectLockMode, check_storage_url
+from app.config_models import (
+    AnomalyConfig,
+    CopyConfig,
+    ObjectLockMode,
+    check_lockable,
+    check_storage_url,
+)
 from app.dsn import PgDsn as PgDsn  # the DSN type, re-exported where settings use it
 
 TARGET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -40,6 +47,9 @@ DEFAULT_SCHEDULES: dict[str, str] = {
     "retention": "30 0 * * *",  # daily
     "verify": "0 3 1 * *",  # monthly restore test
     "maintenance": "0 2 * * 0",  # weekly ANALYZE
+    # weekly reconciliation of the copies (SPEC 2.15), by size: cheap (listings). A deep one
+    # (every object read back) is asked for through the API when wanted.
+    "reconcile": "0 4 * * 0",
 }
 # With verify_every_archive, the restore tests run daily (within the target's daily budget).
 CONTINUOUS_VERIFY_SCHEDULE = "0 3 * * *"
@@ -223,6 +233,11 @@ class Settings(BaseSettings):
     @classmethod
     def _storage_url(cls, value: str) -> str:
         return check_storage_url(value)
+
+    @field_validator("object_lock_days")
+    @classmethod
+    def _lockable(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return check_lockable(value, info, "storage_url")
 
     @field_validator("copies")
     @classmethod

@@ -8,7 +8,7 @@ import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 LOCATION_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 ObjectLockMode = Literal["governance", "compliance"]
@@ -25,6 +25,15 @@ def check_storage_url(value: str) -> str:
     else:
         raise ValueError("must start with s3:// or file://")
     return value
+
+
+def check_lockable(days: int | None, info: ValidationInfo, url_field: str) -> int | None:
+    """Object Lock is an S3 feature: a local folder cannot hold an object against deletion."""
+    url = info.data.get(url_field)
+    if days is not None and isinstance(url, str) and urlsplit(url).scheme == "file":
+        raise ValueError("object_lock_days needs an s3:// location: a local folder "
+                         "(file://) cannot lock objects")
+    return days
 
 
 class CopyConfig(BaseModel):
@@ -56,6 +65,11 @@ class CopyConfig(BaseModel):
     @classmethod
     def _url(cls, value: str) -> str:
         return check_storage_url(value)
+
+    @field_validator("object_lock_days")
+    @classmethod
+    def _lockable(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return check_lockable(value, info, "url")
 
     @field_validator("access_key_id_env", "secret_access_key_env")
     @classmethod

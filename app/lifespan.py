@@ -4,7 +4,8 @@ the scheduler built on them. Created on start, closed on stop.
 Start-up checks, each a readable failure: the metadata database answers, the storage is usable,
 ``gpg``/``zstd`` and some version of each PostgreSQL client program are installed (which versions:
 :mod:`app.integrations.pg_clients`; a missing major fails only the jobs that need it), and every
-recipient key can encrypt.
+recipient key can encrypt, and every location with ``object_lock_days`` can lock objects (its
+bucket has an Object Lock configuration).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi import FastAPI
 from app import db
 from app.config import ConfigError, Settings
 from app.integrations import gpg, pg_clients, zstd
-from app.integrations.storage import open_copies, open_primary
+from app.integrations.storage import check_locks, check_locks_at_start, open_copies, open_primary
 from app.integrations.webhooks import Notifier
 from app.jobs.registry import CLEANUPS, HANDLERS
 from app.jobs.runner import JobRunner
@@ -75,7 +76,7 @@ def preflight(settings: Settings) -> None:
     async def checks() -> None:
         problems = []
         for check in (check_tools(settings), check_keyring(settings),
-                      db.check_metadata(settings)):
+                      db.check_metadata(settings), check_locks_at_start(settings)):
             try:
                 await check
             except ConfigError as exc:
@@ -96,6 +97,13 @@ async def start_services(settings: Settings) -> Services:
     pool = await db.create_pool(settings)
     primary = await open_primary(settings)
     copies = await open_copies(settings)
+    try:
+        await check_locks([primary, *copies])  # SPEC 2.15: a lock that cannot hold is no lock
+    except ConfigError:
+        for location in [primary, *copies]:
+            await location.storage.close()
+        await pool.close()
+        raise
     for path in await asyncio.to_thread(sweep_orphans, settings.work_dir):
         log.warning("scratch_swept", path=str(path))
     notifier = Notifier(settings.webhooks, attempts=settings.webhook_max_attempts,

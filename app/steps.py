@@ -59,6 +59,10 @@ class Step(StrEnum):
     PLAN = "plan"
     DELETE = "delete"
 
+    # reconciliation across locations (app/archives/reconcile.py).
+    CHECK_LOCATIONS = "check locations"
+    REPAIR = "repair"
+
 
 # The upload that follows each streamed step of a backup.
 UPLOAD_OF = {Step.GLOBALS: Step.GLOBALS_UPLOAD, Step.DUMP: Step.DUMP_UPLOAD,

@@ -13,21 +13,29 @@ On one freshly generated database of random text and jsonb it times
    concurrent clients reading the monitoring views.
 
 ``--stages`` also times the pipeline's pieces by hand, to show which one dominates.
+
+Then (``--copies-rounds``, default 3; 0 skips it) one location against two (SPEC 2.15): a second
+service with ``PGVAULT_COPIES`` naming another bucket on the same S3 endpoint backs the same
+database up, alternating with the first service (primary only), and the ratio of the medians is
+printed (target: two locations at most 1.15x one).
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     PY,
     BenchEnv,
+    JobRun,
     Probes,
     bench_env,
     checkpoint,
@@ -41,6 +49,7 @@ from bench.common import (
     print_table,
     rss_summary,
     run_job,
+    second_service,
     secs,
     timed,
     verdict,
@@ -107,6 +116,63 @@ def stages(env: BenchEnv) -> dict[str, float]:
     return out
 
 
+# The alternative to fanning the stream out: copy the archive from the primary right after the
+# backup, streaming each object down from one bucket and up into the other (as between two
+# providers: no server-side copy), in a separate process.
+COPY_AFTER = """
+import sys, boto3
+from boto3.s3.transfer import TransferConfig
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")
+src, dst, prefix = sys.argv[2], sys.argv[3], sys.argv[4]
+config = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=2)
+for obj in s3.list_objects_v2(Bucket=src, Prefix=prefix).get("Contents", []):
+    body = s3.get_object(Bucket=src, Key=obj["Key"])["Body"]
+    s3.upload_fileobj(body, dst, "after/" + obj["Key"], Config=config)
+"""
+
+
+def copies_comparison(env: BenchEnv, rounds: int, timeout: float,
+                      options: dict[str, Any]) -> dict[str, Any]:
+    """The same backup to one location and to two (the primary and an S3 copy on the same
+    endpoint), alternated so that drift in the machine's load hits both alike."""
+    import boto3
+
+    copy_bucket = f"{env.bucket}-copy"
+    boto3.client("s3", endpoint_url=env.s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=copy_bucket)
+    copies = json.dumps([{"name": "copy", "url": f"s3://{copy_bucket}/bench",
+                          "s3_endpoint_url": env.s3_endpoint}])
+    one: list[JobRun] = []
+    two: list[JobRun] = []
+    after: list[float] = []  # one location, then the archive copied from the primary
+    with second_service(env, "meta_copies", {"PGVAULT_COPIES": copies}, options) as env2:
+        for i in range(rounds):
+            for runs, where, label in ((one, env, "one location"), (two, env2, "two locations")):
+                checkpoint()
+                run = run_job(where, "/v1/targets/bench/backups", timeout=timeout)
+                if where is env2:
+                    assert run.result["copies"]["copy"]["status"] == "complete", run.result
+                runs.append(run)
+                log(f"    round {i + 1}, {label}: {run.wall_s:.2f} s "
+                    f"(service peak RSS {mb(run.rss.service_peak)})")
+                if where is env:
+                    folder = f"bench/bench/{run.result['backup_id']}/"
+                    copy_s = timed([PY, "-c", COPY_AFTER, env.s3_endpoint, env.bucket,
+                                    copy_bucket, folder])
+                    after.append(run.wall_s + copy_s)
+                    log(f"    round {i + 1}, then copied from the primary: {copy_s:.2f} s")
+    med1 = statistics.median(r.wall_s for r in one)
+    med2 = statistics.median(r.wall_s for r in two)
+    return {"rounds": rounds, "one_location_s": [round(r.wall_s, 2) for r in one],
+            "two_locations_s": [round(r.wall_s, 2) for r in two],
+            "one_location_median_s": round(med1, 2), "two_locations_median_s": round(med2, 2),
+            "ratio": round(med2 / med1, 3),
+            "copy_after_s": [round(t, 2) for t in after],
+            "copy_after_ratio": round(statistics.median(after) / med1, 3),
+            "one_location_peak_rss_mb": round(max(r.rss.service_peak for r in one) / 1e6, 1),
+            "two_locations_peak_rss_mb": round(max(r.rss.service_peak for r in two) / 1e6, 1)}
+
+
 def main() -> int:
     parser = parse_args(__doc__.splitlines()[0])
     parser.add_argument("--stages", action="store_true",
@@ -116,6 +182,8 @@ def main() -> int:
     parser.add_argument("--no-row-counts", action="store_true",
                         help="target option row_counts=false: no exact row counts in the "
                              "manifest (to see what counting costs)")
+    parser.add_argument("--copies-rounds", type=int, default=3,
+                        help="backups to one location and to two, alternated (0: skip)")
     args = parser.parse_args()
     options = {"row_counts": False} if args.no_row_counts else {}
     with bench_env(args.rows, options) as env:
@@ -150,6 +218,10 @@ def main() -> int:
             probes.kill()
         log(f"    {run.wall_s:.2f} s")
         stage_times = stages(env) if args.stages else {}
+        copied = None
+        if args.copies_rounds > 0:
+            log(f"5/5 one location against two, {args.copies_rounds} round(s) alternated")
+            copied = copies_comparison(env, args.copies_rounds, args.timeout, options)
 
     result = run.result
     wall, job_s = run.wall_s, float(result["duration_s"])
@@ -203,6 +275,20 @@ def main() -> int:
         (f"  idle reference: monitoring (n={im['n']})",
          f"{ms(_s(im['p50_ms']))} / {ms(_s(im['p99_ms']))}", "", ""),
     ]
+    if copied is not None:
+        rows += [
+            (f"one location, median of {copied['rounds']} (wall)",
+             secs(copied["one_location_median_s"]), "", ""),
+            (f"two locations (primary + copy), median of {copied['rounds']}",
+             secs(copied["two_locations_median_s"]), "", ""),
+            ("two locations / one", f"{copied['ratio']:.3f}x", "<= 1.15x",
+             verdict(copied["ratio"], 1.15)),
+            ("  alternative: one location, then copied (median)",
+             f"{copied['copy_after_ratio']:.3f}x", "", ""),
+            ("  service peak RSS, one / two locations",
+             f"{copied['one_location_peak_rss_mb']:.1f} MB / "
+             f"{copied['two_locations_peak_rss_mb']:.1f} MB", "", ""),
+        ]
     for name, t in stage_times.items():
         short = name.replace("pg_dump -Fc -Z0", "dump -Z0").replace(" --compress-algo none", "")
         rows.append((f"by hand: {short}", secs(t), "", ""))
@@ -229,13 +315,14 @@ def main() -> int:
         "cpu": cpu_summary(run.rss), "cpu_quiet": cpu_summary(quiet.rss) if quiet else None,
         "healthz": h, "monitoring": m, "idle_healthz": ih, "idle_monitoring": im,
         "burst_client": args.burst_client, "row_counts": not args.no_row_counts,
-        "stages_s": stage_times,
+        "stages_s": stage_times, "copies": copied,
         "pass": {"vs_bare": r_bare <= 0.4, "vs_sequential": r_seq <= 0.3,
                  "rss": peak < 200e6,
                  "healthz_p99": h["p99_ms"] is not None and h["p99_ms"] < 50
                  and not h["errors"],
                  "monitoring_p99": m["p99_ms"] is not None and m["p99_ms"] < 250
-                 and not m["errors"]},
+                 and not m["errors"],
+                 "copies": None if copied is None else copied["ratio"] <= 1.15},
     }
     print(json.dumps(figures))
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -629,8 +630,11 @@ def _stop_gpg_agent(home: Path) -> None:
                     proc.wait(5)
 
 
-def _start_service(env: BenchEnv, target_options: dict[str, Any]) -> None:
-    meta = f"{env.prefix}_meta"
+def _start_service(env: BenchEnv, target_options: dict[str, Any], *, name: str = "meta",
+                   extra_env: dict[str, str] | None = None) -> None:
+    """``name``: the service's metadata database suffix and log name (a second service needs
+    its own, or the two runners would claim each other's jobs); ``extra_env``: more settings."""
+    meta = f"{env.prefix}_{name}"
     create_db(meta)
     base = {k: v for k, v in os.environ.items() if not k.startswith("PGVAULT_")}
     service_env = {
@@ -648,12 +652,13 @@ def _start_service(env: BenchEnv, target_options: dict[str, Any]) -> None:
         # No scheduled jobs in the middle of a measurement.
         "PGVAULT_SCHEDULER_ENABLED": "false",
         "PGVAULT_WORK_DIR": str(env.tmp),
+        **(extra_env or {}),
     }
     subprocess.run([PY, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=service_env,
                    check=True, capture_output=True)
     port = _free_port()
     env.base_url = f"http://127.0.0.1:{port}"
-    env.service_log = env.tmp / "service.log"
+    env.service_log = env.tmp / ("service.log" if name == "meta" else f"service-{name}.log")
     with env.service_log.open("wb") as out:
         env.service = subprocess.Popen(
             [PY, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
@@ -672,6 +677,19 @@ def _start_service(env: BenchEnv, target_options: dict[str, Any]) -> None:
                 raise RuntimeError(f"the service did not become ready:\n{env.log_tail()}")
             time.sleep(0.2)
     log(f"service pid {env.service.pid} ready on {env.base_url}")
+
+
+@contextlib.contextmanager
+def second_service(env: BenchEnv, name: str, extra_env: dict[str, str],
+                   target_options: dict[str, Any] | None = None) -> Iterator[BenchEnv]:
+    """Another service on the same database, S3 endpoint and keys, with its own metadata
+    database and more settings; stopped on the way out."""
+    other = dataclasses.replace(env, base_url="", service=None, service_log=None)
+    try:
+        _start_service(other, target_options or {}, name=name, extra_env=extra_env)
+        yield other
+    finally:
+        _stop_service(other)
 
 
 def _stop_service(env: BenchEnv) -> None:

@@ -62,7 +62,7 @@ def test_schedules_take_the_spec_names_and_null_turns_one_off(monkeypatch: Any) 
         monkeypatch.setenv(key, value)
     effective = load_settings().targets["prod"].effective_schedules()
     assert effective == {"backup": "15 1 * * *", "retention": "30 0 * * *",
-                         "verify": "0 4 2 * *", "maintenance": ""}
+                         "verify": "0 4 2 * *", "maintenance": "", "reconcile": "0 4 * * 0"}
     for bad, needle in [({"verify": "* * * * *", "verification": "* * * * *"}, "same schedule"),
                         ({"vacuum": "* * * * *"}, "unknown schedule"),
                         ({"backup": "every day"}, "not a cron expression")]:

@@ -39,7 +39,7 @@ async def test_jobs_and_audit_listings_survive_a_broken_row(make_settings: Any) 
         await conn.execute(insert, fine, "backup", "succeeded", "fine", '{"backup_id": "x"}',
                            None, 3)
         await conn.execute(insert, damaged, "verify", "failed", "damaged", "[1, 2]", '"boom"', 2)
-        await conn.execute(insert, newer, "reconcile", "succeeded", "newer", "{}", None, 1)
+        await conn.execute(insert, newer, "scrub", "succeeded", "newer", "{}", None, 1)
         await conn.execute(
             """INSERT INTO audit_events (actor, action, target, outcome, details)
                VALUES ('test', 'odd.event', 'pagila', 'ok', '"not an object"'::jsonb),

@@ -21,6 +21,7 @@ MANIFEST_KEYS = [
     "snapshot", "exclude_schemas", "row_counts", "objects", "tables", "materialized_views",
     "subscriptions", "extensions", "schemas", "schemaless_objects", "invalid_indexes",
     "not_valid_constraints", "database_properties",
+    "anomalies",  # SPEC 2.14, since the anomaly guard
 ]
 NESTED_KEYS = {
     "objects": ["key", "kind", "size_bytes", "sha256", "encrypted"],

@@ -46,6 +46,7 @@ OPERATIONS = {  # (method, path): (operationId, role), as SPEC 4's table gives t
     ("post", "/v1/targets/{target}/restores"): ("startRestore", "admin"),
     ("post", "/v1/targets/{target}/retention"): ("startRetention", "admin"),
     ("post", "/v1/targets/{target}/maintenance"): ("startMaintenance", "operator"),
+    ("post", "/v1/targets/{target}/reconcile"): ("startReconcile", "operator"),
     ("get", "/v1/targets/{target}/monitoring/{view}"): ("getMonitoringView", "viewer"),
     ("get", "/v1/jobs"): ("listJobs", "viewer"),
     ("get", "/v1/jobs/{job_id}"): ("getJob", "viewer"),
@@ -93,7 +94,7 @@ def test_closed_sets_are_enums() -> None:
     def param(key: tuple[str, str], name: str) -> dict[str, Any]:
         return next(p["schema"] for p in ops[key]["parameters"] if p["name"] == name)
 
-    jobs_kinds = ["backup", "restore", "verify", "retention", "maintenance"]
+    jobs_kinds = ["backup", "restore", "verify", "retention", "maintenance", "reconcile"]
     statuses = ["queued", "running", "succeeded", "failed", "cancelled"]
     assert _enum(doc, param(("get", "/v1/targets/{target}/monitoring/{view}"), "view")) == [
         "connections", "bloat", "indexes", "tables", "snapshot"]

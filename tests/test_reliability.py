@@ -123,8 +123,9 @@ async def test_killed_worker_is_detected_and_its_upload_aborted(
         async with running_app(make_settings(
                 targets={"killed": {"dsn": dsn(big_db)}}, lease_seconds=3)) as c:
             job = await wait_job(c, job_id, timeout=30)
-            for _ in range(50):
-                if not pending_uploads(s3, bucket, "killed"):
+            for _ in range(50):  # the upload is aborted first, then the objects deleted
+                if not pending_uploads(s3, bucket, "killed") \
+                        and not archive_keys(s3, bucket, "killed"):
                     break
                 await asyncio.sleep(0.2)
     assert job["status"] == "failed"

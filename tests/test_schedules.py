@@ -58,7 +58,8 @@ def closed_port() -> int:
 
 
 async def test_each_slot_fires_once_across_replicas(make_settings: Any, pagila_db: str) -> None:
-    schedules = {"backup": "0 * * * *", "retention": "", "verify": "", "maintenance": ""}
+    schedules = {"backup": "0 * * * *", "retention": "", "verify": "", "maintenance": "",
+                 "reconcile": ""}
     settings = make_settings(targets={"sched": {"dsn": dsn(pagila_db), "schedules": schedules}})
     t0 = datetime(2031, 1, 1, 10, 30, tzinfo=UTC)
     async with running_app(settings) as one, running_app(settings) as two:
@@ -82,7 +83,7 @@ async def test_each_slot_fires_once_across_replicas(make_settings: Any, pagila_d
 
 async def test_scheduled_verify_and_maintenance(make_settings: Any, pagila_db: str) -> None:
     schedules = {"backup": "", "retention": "", "verify": "0 3 1 * *",
-                 "maintenance": "0 2 * * 0"}
+                 "maintenance": "0 2 * * 0", "reconcile": ""}
     settings = make_settings(targets={"sched2": {"dsn": dsn(pagila_db),
                                                  "schedules": schedules}})
     async with running_app(settings) as c:

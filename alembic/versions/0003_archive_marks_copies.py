@@ -36,8 +36,16 @@ def upgrade() -> None:
         detail text,
         PRIMARY KEY (target, backup_id, location)
     )""")
+    # The reconciliation job (SPEC 2.15) is a job kind of its own.
+    op.execute("ALTER TABLE jobs DROP CONSTRAINT jobs_kind_check")
+    op.execute("""ALTER TABLE jobs ADD CONSTRAINT jobs_kind_check CHECK
+        (kind IN ('backup','restore','verify','retention','maintenance','reconcile'))""")
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM jobs WHERE kind = 'reconcile'")
+    op.execute("ALTER TABLE jobs DROP CONSTRAINT jobs_kind_check")
+    op.execute("""ALTER TABLE jobs ADD CONSTRAINT jobs_kind_check CHECK
+        (kind IN ('backup','restore','verify','retention','maintenance'))""")
     op.execute("DROP TABLE archive_copies")
     op.execute("DROP TABLE archive_reviews")

@@ -2,11 +2,16 @@
 
 Keeps every archive younger than ``retention_days``, and whatever its age, the newest
 ``retention_min_backups`` good archives (complete and not failed by their last verification) --
-so the newest good archive always survives. Removes expired archives, incomplete archives (no
-manifest) and stale multipart uploads older than the grace period, except those of a backup that
-is still running. Unreadable archives (a manifest that cannot be trusted, objects that are links)
-are kept and never counted as good: a human decides. ``dry_run`` computes exactly the same plan
-and changes nothing.
+so the newest good archive always survives. A suspect archive (SPEC 2.14: its facts fell
+sharply, and no operator cleared it) is not good: it never takes the place of the good ones it
+followed, is kept within ``retention_days`` and expires normally after. Removes expired
+archives, incomplete archives (no manifest) and stale multipart uploads older than the grace
+period, except those of a backup that is still running. Unreadable archives (a manifest that
+cannot be trusted, objects that are links) are kept and never counted as good: a human decides.
+An archive the plan would delete while any of its objects, in any location, is still under S3
+Object Lock is kept instead, its item carrying ``locked_until`` (SPEC 2.15); only those
+archives' locks are read. Deleting removes the archive from every location
+(:mod:`app.archives.removal`). ``dry_run`` computes exactly the same plan and changes nothing.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.archives import removal
 from app.archives.schemas import Archive
-from app.archives.service import catalogue, deletions_locked, is_good, remove_archive
+from app.archives.service import catalogue, deletions_locked, is_good
 from app.jobs import repository as jobs_repo
 from app.jobs.context import JobContext
+from app.resources import Resources
 from app.steps import Step
 
 
@@ -45,10 +52,16 @@ def plan(archives: list[Archive], *, now: datetime, retention_days: int, min_bac
             else:
                 keep.append({"backup_id": bid, "reason": "incomplete, within the grace period"})
         elif archive.created_at < cutoff:
-            delete.append({"backup_id": bid, "reason": f"older than {retention_days} days"})
+            delete.append({"backup_id": bid,
+                           "reason": f"older than {retention_days} days{_suspect(archive)}"})
         else:
-            keep.append({"backup_id": bid, "reason": f"within {retention_days} days"})
+            keep.append({"backup_id": bid,
+                         "reason": f"within {retention_days} days{_suspect(archive)}"})
     return delete, keep
+
+
+def _suspect(archive: Archive) -> str:
+    return " (suspect: not counted as good)" if archive.suspect else ""
 
 
 async def run_retention(ctx: JobContext) -> tuple[dict[str, Any], str]:
@@ -77,13 +90,16 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
     archives = await catalogue(services, ctx.target)
     delete, keep = plan(archives, now=now, retention_days=target.retention_days,
                         min_backups=target.retention_min_backups, grace=grace, busy=busy)
+    delete, locked, held = await _unlocked(services, ctx.target, delete)
+    keep += locked
+    n_locked = sum(1 for item in locked if item.get("locked_until"))
     uploads = [u for u in await services.storage.pending_uploads(f"{ctx.target}/")
                if u.started < now - grace
                and not (busy_prefix and u.key.startswith(busy_prefix))]
     if not dry_run:
         await ctx.set_phase(Step.DELETE, bytes_total=len(delete))
         for i, item in enumerate(delete, 1):
-            await remove_archive(services, ctx.target, item["backup_id"])
+            await removal.remove(services, ctx.target, item["backup_id"], held[item["backup_id"]])
             ctx.progress(bytes_done=i)
         for upload in uploads:
             await services.storage.abort_upload(upload.key, upload.upload_id)
@@ -96,6 +112,36 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
         "retention_min_backups": target.retention_min_backups,
     }
     verb = "would delete" if dry_run else "deleted"
-    summary = (f"retention of {ctx.target}: {verb} {len(delete)} archive(s), kept {len(keep)}, "
+    summary = (f"retention of {ctx.target}: {verb} {len(delete)} archive(s), kept {len(keep)}"
+               f"{f' ({n_locked} under Object Lock)' if n_locked else ''}, "
                f"{'would abort' if dry_run else 'aborted'} {len(uploads)} stale upload(s)")
     return result, summary
+
+
+async def _unlocked(services: Resources, target: str, delete: list[dict[str, Any]],
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                               dict[str, list[removal.Held]]]:
+    """(still to delete, kept because locked or whole in a copy only, each deletable archive's
+    objects per location)."""
+    free, locked, held = [], [], {}
+    for item in delete:
+        bid = item["backup_id"]
+        found = await removal.holdings(services, target, bid)
+        whole = removal.manifest_only_in_copies(found, target, bid)
+        if whole:
+            # No manifest in the primary, but a copy holds one: the primary lost it (a manifest
+            # deleted by hand, a half-done repair), not a backup that died. Deleting "the
+            # incomplete archive" everywhere would destroy the copy; reconciliation repairs it.
+            locked.append({"backup_id": bid, "reason": (
+                f"no manifest in the primary storage, but location {whole} holds the archive: "
+                f"kept for reconciliation (POST /v1/targets/{target}/reconcile)")})
+            continue
+        lock = await removal.lock_end(found, bid)
+        if lock is None:
+            free.append(item)
+            held[bid] = found
+        else:
+            locked.append({"backup_id": bid, "locked_until": lock.iso,
+                           "reason": f"{item['reason']}, but locked until {lock.iso} "
+                                     f"(S3 Object Lock in location {lock.location})"})
+    return free, locked, held

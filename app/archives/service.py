@@ -7,13 +7,21 @@ import contextlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
 from app import pagination
-from app.archives import proof_sql
-from app.archives.schemas import Archive, ArchiveDetail, ArchiveList, Verification
+from app.archives import copy_view, holdings, proof_sql, removal, reviews
+from app.archives.schemas import (
+    Anomaly,
+    Archive,
+    ArchiveDetail,
+    ArchiveList,
+    SuspectCleared,
+    Verification,
+)
 from app.audit import repository as audit_repo
 from app.backup import manifest as mf
 from app.config import BACKUP_ID_RE
@@ -102,7 +110,8 @@ async def usable_manifest(services: Resources, target: str, backup_id: str) -> m
         objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
     except StorageError as exc:
         raise _storage_failed(Step.LIST_ARCHIVE, str(exc), exc) from None
-    archive = _archive(target, backup_id, objects, doc, None)
+    verdicts = await _copy_verdicts(services, target, {backup_id: objects}, {backup_id: doc})
+    archive = _archive(target, backup_id, objects, doc, None, copies=verdicts.get(backup_id))
     if archive.reason is not None:
         raise ArchiveUnreadable(f"archive {backup_id} is unreadable: {archive.reason}")
     return doc
@@ -131,21 +140,42 @@ def _dated(backup_id: str) -> bool:
     return True
 
 
+async def _copy_verdicts(services: Resources, target: str, grouped: dict[str, list[ObjectInfo]],
+                         docs: dict[str, mf.Manifest | str | None]) -> dict[str, holdings.Verdict]:
+    """For archives with a manifest that the primary holds short: whether a copy holds them
+    whole (see :mod:`app.archives.holdings`); nothing is asked of copies otherwise."""
+    found = {}
+    for backup_id, doc in docs.items():
+        if services.copies and isinstance(doc, mf.Manifest) \
+                and holdings.short_objects(grouped[backup_id], doc):
+            verdict = await holdings.judge(services.copies, target, backup_id, doc,
+                                           grouped[backup_id])
+            if verdict is not None:
+                found[backup_id] = verdict
+    return found
+
+
 def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
-             doc: mf.Manifest | str | None, verification: Verification | None) -> Archive:
-    """``doc``: the manifest, None when there is none, or why it is unreadable."""
+             doc: mf.Manifest | str | None, verification: Verification | None,
+             review: SuspectCleared | None = None,
+             copies: holdings.Verdict | None = None,
+             states: copy_view.Copies | None = None) -> Archive:
+    """``doc``: the manifest, None when there is none, or why it is unreadable; ``review``: its
+    suspect mark cleared by an operator; ``copies``: for an archive the primary holds short, what
+    the copies say; ``states``: each copy location's recorded state."""
     size = sum(o.size for o in objects if o.usable and not o.key.endswith(mf.MANIFEST))
     foreign = [o.key.split("/", 2)[-1] for o in objects if not o.usable]
-    reason = doc if isinstance(doc, str) else None
+    reason = doc if isinstance(doc, str) else copies.reason if copies else None
     if reason is None and foreign:
         reason = (f"{', '.join(foreign[:3])} {'is' if len(foreign) == 1 else 'are'} not a "
                   "regular file (a link?): not written by pgvault")
     manifest = doc if isinstance(doc, mf.Manifest) else None
     # Complete: a manifest, and every object it lists present at its size (a manifest that
     # outlived its objects, or an object cut short, is no backup).
-    stored = {o.key.split("/", 2)[-1]: o.size for o in objects if o.usable}
-    complete = reason is None and manifest is not None and all(
-        stored.get(obj.key) == obj.size_bytes for obj in manifest.objects)
+    # Or held whole by a copy, when the primary's are missing or short (degraded).
+    degraded = copies.degraded if copies and reason is None else None
+    complete = reason is None and manifest is not None and (
+        not holdings.short_objects(objects, manifest) or degraded is not None)
     status = "unreadable" if reason else "complete" if complete else "incomplete"
     return Archive(
         backup_id=backup_id, target=target, created_at=mf.backup_time(backup_id),
@@ -154,8 +184,17 @@ def _archive(target: str, backup_id: str, objects: list[ObjectInfo],
         label=manifest.label if manifest else None,
         job_id=manifest.job_id if manifest else None,
         database_size_bytes=manifest.database_size_bytes if manifest else None,
-        verification=verification,
+        verification=verification, degraded=degraded,
+        copies=states or {},
+        **_suspicion(manifest, review),
     )
+
+
+def _suspicion(manifest: mf.Manifest | None, review: SuspectCleared | None) -> dict[str, Any]:
+    """Suspect: the manifest names anomalies (SPEC 2.14) and no operator cleared them."""
+    found = [Anomaly.model_validate(a.model_dump()) for a in manifest.anomalies] if manifest else []
+    return {"suspect": bool(found) and review is None, "anomalies": found,
+            "suspect_cleared": review if found else None}
 
 
 async def _manifest_or_reason(services: Resources, target: str,
@@ -170,11 +209,13 @@ async def _manifest_or_reason(services: Resources, target: str,
         return exc.detail
 
 
-async def _verifications(services: Resources, target: str,
-                         backup_ids: list[str]) -> dict[str, Verification]:
+async def _verifications(services: Resources, target: str, backup_ids: list[str],
+                         ) -> tuple[dict[str, Verification], dict[str, copy_view.Copies]]:
+    """Each archive's last verification, and its copies' states (one connection)."""
     async with services.pool.acquire() as conn:
         rows = await proof_sql.last_verifications(conn, target, backup_ids,
                                                   [str(s) for s in sorted(DAMAGE_STEPS)])
+        copies = await copy_view.read(conn, services.settings, target, backup_ids)
     found: dict[str, Verification] = {}
     for r in rows:
         try:
@@ -187,7 +228,15 @@ async def _verifications(services: Resources, target: str,
             # A damaged job record must not take the target's listing down: its archive shows
             # no verification, as if never verified, which is the safe reading.
             log.warning("verification_record_unreadable", target=target, job_id=str(r["id"]))
-    return found
+    return found, copies
+
+
+async def _reviews(services: Resources, target: str,
+                   backup_ids: list[str]) -> dict[str, SuspectCleared]:
+    async with services.pool.acquire() as conn:
+        rows = await reviews.cleared(conn, target, backup_ids)
+    return {b: SuspectCleared(by=r["cleared_by"], at=r["cleared_at"], reason=r["reason"])
+            for b, r in rows.items()}
 
 
 def _took(result: object, run_s: float | None) -> float | None:
@@ -210,8 +259,12 @@ async def catalogue(services: Resources, target: str) -> list[Archive]:
             return backup_id, await _manifest_or_reason(services, target, backup_id)
 
     docs = dict(await asyncio.gather(*(load(b) for b in complete)))
-    checks = await _verifications(services, target, ids)
-    return [_archive(target, b, grouped[b], docs.get(b), checks.get(b)) for b in ids]
+    verdicts = await _copy_verdicts(services, target, grouped, docs)
+    checks, states = await _verifications(services, target, ids)
+    cleared = await _reviews(services, target, complete)
+    return [_archive(target, b, grouped[b], docs.get(b), checks.get(b), review=cleared.get(b),
+                     copies=verdicts.get(b), states=states.get(b))
+            for b in ids]
 
 
 async def list_archives(services: Resources, target: str, cursor: str | None,
@@ -231,16 +284,25 @@ async def get_archive(services: Resources, target: str, backup_id: str) -> Archi
     if backup_id not in grouped:
         raise NotFound(f"no archive {backup_id} for target {target}")
     doc = await _manifest_or_reason(services, target, backup_id)
-    checks = await _verifications(services, target, [backup_id])
-    archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id))
+    verdicts = await _copy_verdicts(services, target, grouped, {backup_id: doc})
+    checks, states = await _verifications(services, target, [backup_id])
+    cleared = await _reviews(services, target, [backup_id])
+    archive = _archive(target, backup_id, grouped[backup_id], doc, checks.get(backup_id),
+                       review=cleared.get(backup_id), copies=verdicts.get(backup_id),
+                       states=states.get(backup_id))
+    locked = await removal.shown_lock(services, target, backup_id,
+                                      [o.key for o in grouped[backup_id]])
     return ArchiveDetail(**archive.model_dump(),
                          manifest=doc.as_stored()
-                         if isinstance(doc, mf.Manifest) and archive.reason is None else None)
+                         if isinstance(doc, mf.Manifest) and archive.reason is None else None,
+                         locked_until=locked)
 
 
 def is_good(archive: Archive) -> bool:
-    """Complete, and not proven broken by its last verification."""
-    return archive.complete and not (archive.verification and archive.verification.damaged)
+    """Complete, not proven broken by its last verification, and not suspect (SPEC 2.14: a
+    suspect archive counts again once an operator clears it)."""
+    return (archive.complete and not (archive.verification and archive.verification.damaged)
+            and not archive.suspect)
 
 
 @contextlib.asynccontextmanager
@@ -291,19 +353,22 @@ async def _delete_archive(services: Resources, caller: Principal, target: str,
                                     details={"backup_id": backup_id})
         raise Conflict(f"deleting {backup_id} would leave {len(good) - 1} good archive(s); "
                        f"target {target} keeps at least {minimum}")
-    await remove_archive(services, target, backup_id)
+    held = await removal.holdings(services, target, backup_id)
+    lock = await removal.lock_end(held, backup_id)
+    if lock is not None:
+        async with services.pool.acquire() as conn:
+            await audit_repo.insert(conn, actor=caller.name, action="archive.delete",
+                                    target=target, outcome="refused",
+                                    details={"backup_id": backup_id, "locked_until": lock.iso,
+                                             "location": lock.location})
+        raise Conflict(f"archive {backup_id} is locked until {lock.iso} (S3 Object Lock in "
+                       f"location {lock.location}): it cannot be deleted before then")
+    await removal.remove(services, target, backup_id, held)
     async with services.pool.acquire() as conn:
         await audit_repo.insert(conn, actor=caller.name, action="archive.delete", target=target,
                                 outcome="deleted", details={"backup_id": backup_id})
 
 
 async def remove_archive(services: Resources, target: str, backup_id: str) -> None:
-    """Manifest first: from that instant the archive is incomplete, never half-restorable."""
-    key = mf.manifest_key(target, backup_id)
-    try:
-        objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
-        await services.storage.delete([key])
-        services.manifests.forget(key)
-        await services.storage.delete([o.key for o in objects if o.key != key])
-    except StorageError as exc:
-        raise _storage_failed(Step.DELETE_ARCHIVE, f"archive {backup_id}: {exc}", exc) from None
+    """Delete the archive in every location, manifest first in each (:mod:`.removal`)."""
+    await removal.remove(services, target, backup_id)

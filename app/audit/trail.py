@@ -38,6 +38,7 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ACTIONS = {
     "delete_archive": "archive.delete",
     "cancel_job": "job.cancel",
+    "review_archive": "archive.clear_suspect",
 }
 
 OUTCOMES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",

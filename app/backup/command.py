@@ -11,10 +11,16 @@
 4. :func:`upload_database_properties` (``database properties``): the database's grants, settings
    and comment, an encrypted document (setting values may be secrets).
 5. :func:`write_manifest` (``manifest``): written last, only after every stage of every pipeline
-   exited 0, and only while this worker still owns the job.
+   exited 0, and only while this worker still owns the job; first the anomaly guard
+   (app/backup/anomalies.py) judges the facts against the previous good archives, and a
+   suspect archive's manifest names its anomalies (a ``backup.suspect`` webhook follows).
 
-Any failure or cancellation kills the processes, aborts the open upload, deletes the objects
-already written for this archive, and writes no manifest.
+Every object goes to the primary storage and to each copy at once, the dump read once
+(:mod:`app.backup.copies`): a copy that fails drops out and the backup succeeds with a warning;
+the manifest goes to each copy that holds every object, after the primary's.
+
+Any failure or cancellation kills the processes, aborts the open uploads, deletes the objects
+already written for this archive in every location, and writes no manifest.
 """
 
 from __future__ import annotations
@@ -29,12 +35,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from app.backup import facts, manifest, uploads
+from app.backup import anomalies, copies, facts, manifest, uploads
 from app.config import Settings, TargetConfig
 from app.errors import StepFailed
 from app.integrations import pg_clients, pg_tools
 from app.integrations.pg_clients import Client, ToolVersions
-from app.integrations.storage import Storage, StorageError
+from app.integrations.storage import StorageError
 from app.integrations.streaming import Stored
 from app.integrations.target_db import connect_target
 from app.jobs.context import JobContext
@@ -51,7 +57,7 @@ class Backup:
     ctx: JobContext
     settings: Settings
     target: TargetConfig
-    storage: Storage
+    places: copies.Places
     backup_id: str
     created_at: datetime
     written: list[Stored] = field(default_factory=list)
@@ -63,6 +69,7 @@ class Backup:
     catalog: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
     tables: list[dict[str, Any]] = field(default_factory=list)
+    anomalies: list[manifest.Anomaly] = field(default_factory=list)
 
     @property
     def prefix(self) -> str:
@@ -79,7 +86,7 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
     settings = ctx.services.settings
     created_at = datetime.now(UTC)
     backup = Backup(ctx=ctx, settings=settings, target=settings.targets[ctx.target],
-                    storage=ctx.services.storage, created_at=created_at,
+                    places=copies.Places.of(ctx.services), created_at=created_at,
                     backup_id=manifest.new_backup_id(created_at))
     await ctx.set_phase(Step.CONNECTING)
     # The snapshot's session idles in its transaction for the whole dump and counts big tables:
@@ -94,12 +101,15 @@ async def run_backup(ctx: JobContext) -> tuple[dict[str, Any], str]:
             await upload_dump(backup)
             await upload_database_properties(backup)
     except BaseException:
-        await asyncio.shield(uploads.discard(backup.storage, backup.written))
+        await asyncio.shield(backup.places.discard())
         raise
     finally:
         await asyncio.shield(_close(backup.conn))
     doc = await write_manifest(backup)
-    return _result(backup, doc, time.monotonic() - started)
+    if doc.anomalies:
+        _warn_suspect(backup)
+    told = await copies.conclude(ctx, backup.places, backup.backup_id)
+    return _result(backup, doc, time.monotonic() - started, told)
 
 
 async def snapshot(backup: Backup) -> None:
@@ -123,7 +133,7 @@ async def upload_globals(backup: Backup) -> None:
     await backup.ctx.set_phase(Step.GLOBALS)
     stage = pg_tools.pg_dumpall_globals_stage(backup.pg_dumpall, backup.target.parsed_dsn)
     backup.written.append(await uploads.upload(
-        backup.ctx, backup.storage, Step.GLOBALS, backup.prefix + manifest.GLOBALS_OBJECT,
+        backup.ctx, backup.places, Step.GLOBALS, backup.prefix + manifest.GLOBALS_OBJECT,
         uploads.encrypted_pipeline(stage, backup.settings)))
 
 
@@ -144,7 +154,7 @@ async def upload_dump(backup: Backup) -> None:
         facts.count_rows(conn, tables) if target.row_counts else _no_counts(tables))
     try:
         backup.written.append(await uploads.upload(
-            backup.ctx, backup.storage, Step.DUMP, backup.prefix + manifest.DATABASE_OBJECT,
+            backup.ctx, backup.places, Step.DUMP, backup.prefix + manifest.DATABASE_OBJECT,
             pipeline))
         backup.tables = await counting
     finally:
@@ -158,27 +168,32 @@ async def upload_database_properties(backup: Backup) -> None:
     """The database's own grants, settings and comment: an encrypted document, as setting
     values may be secrets (the manifest shows only their names)."""
     backup.written.append(await uploads.upload_document(
-        backup.ctx, backup.storage, Step.DATABASE_PROPERTIES,
+        backup.ctx, backup.places, Step.DATABASE_PROPERTIES,
         backup.prefix + manifest.PROPERTIES_OBJECT, json.dumps(backup.properties).encode()))
 
 
 async def write_manifest(backup: Backup) -> manifest.Manifest:
     """The manifest, last, and only while this worker still owns the job: a replica that
-    reaped it may already have deleted the objects."""
+    reaped it may already have deleted the objects. Then each copy's, as far as it got."""
     ctx = backup.ctx
     await ctx.set_phase(Step.MANIFEST)
     doc = _manifest(backup, finished_at=datetime.now(UTC))
+    # Judged before the write, so the manifest itself says the archive was suspect.
+    doc.anomalies = await anomalies.check(ctx.services, doc, backup.target.anomaly, ctx.log)
+    backup.anomalies = doc.anomalies
     key = manifest.manifest_key(ctx.target, backup.backup_id)
+    data = manifest.dumps(doc)
     try:
         await ctx.assert_lease()
-        await backup.storage.put(key, manifest.dumps(doc))
+        await backup.places.primary.storage.put(key, data)
         await _confirm_lease(ctx)
     except BaseException as exc:
         # The write may have landed even if it reported failure: manifest first, then objects.
-        await asyncio.shield(uploads.discard_manifest_first(backup.storage, key, backup.written))
+        await asyncio.shield(backup.places.discard(key))
         if isinstance(exc, (StorageError, OSError)):
             raise StepFailed(Step.MANIFEST, str(exc)) from None
         raise
+    await copies.write_manifests(ctx, backup.places, key, data)
     await ctx.note_cleanup("archive_prefix", None)
     ctx.services.manifests.put(key, doc)
     return doc
@@ -246,6 +261,7 @@ def _manifest(backup: Backup, *, finished_at: datetime) -> manifest.Manifest:
         not_valid_constraints=_each(manifest.ConstraintRef, catalog["not_valid_constraints"]),
         database_properties=manifest.PropertiesSummary.model_validate(
             facts.properties_summary(backup.properties)),
+        anomalies=[],
     )
 
 
@@ -253,8 +269,8 @@ def _each(model: type[_M], rows: list[dict[str, Any]]) -> list[_M]:
     return [model.model_validate(r) for r in rows]
 
 
-def _result(backup: Backup, doc: manifest.Manifest,
-            duration: float) -> tuple[dict[str, Any], str]:
+def _result(backup: Backup, doc: manifest.Manifest, duration: float,
+            told: dict[str, Any]) -> tuple[dict[str, Any], str]:
     size = manifest.size_bytes(doc)
     database_size = backup.server["database_size_bytes"]
     result = {
@@ -268,10 +284,31 @@ def _result(backup: Backup, doc: manifest.Manifest,
                      "sha256": s.sha256} for s in backup.written],
         "label": backup.ctx.params.get("label"),
         "tools": backup.tools.as_dict(),
+        "suspect": bool(backup.anomalies),
+        "anomalies": [a.model_dump(mode="json") for a in backup.anomalies],
+        **told,
     }
     summary = (f"backup {backup.backup_id} of {backup.ctx.target}: {_mb(size)} stored from a "
                f"{_mb(database_size)} database in {duration:.1f} s")
+    if backup.anomalies:
+        summary += f"; {anomalies.describe(backup.anomalies)}"
+    if backup.places.dropped:
+        summary += f"; missing from copy {', '.join(backup.places.dropped)}"
     return result, summary
+
+
+def _warn_suspect(backup: Backup) -> None:
+    """``backup.suspect``, once, for the archive this job wrote (SPEC 2.14)."""
+    ctx = backup.ctx
+    found = [a.model_dump(mode="json") for a in backup.anomalies]
+    ctx.log.warning("backup_suspect", backup_id=backup.backup_id, anomalies=found)
+    ctx.services.notifier.emit("backup.suspect", {
+        "target": ctx.target, "backup_id": backup.backup_id,
+        "summary": f"backup {backup.backup_id} of {ctx.target} is suspect: "
+                   f"{anomalies.describe(backup.anomalies).removeprefix('SUSPECT: ')}",
+        "anomalies": found,
+        "job": {"id": str(ctx.job_id), "kind": ctx.kind, "target": ctx.target,
+                "requested_by": ctx.requested_by}})
 
 
 async def _no_counts(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -288,12 +325,6 @@ def _mb(n: int) -> str:
 
 
 async def cleanup_backup(services: Resources, cleanup: dict[str, Any], target: str) -> None:
-    """Undo what a dead worker's backup left: its open upload and its manifest-less objects."""
-    upload = cleanup.get("upload")
-    if upload:
-        await services.storage.abort_upload(upload["key"], upload["upload_id"])
-    prefix = cleanup.get("archive_prefix")
-    if prefix:
-        keys = [o.key for o in await services.storage.list_objects(prefix)]
-        if not any(k.endswith(manifest.MANIFEST) for k in keys):
-            await services.storage.delete(keys)
+    """Undo what a dead worker's backup left in every location: its open uploads and its
+    manifest-less objects."""
+    await copies.cleanup_locations(services, cleanup)

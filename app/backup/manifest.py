@@ -135,6 +135,16 @@ class PropertiesSummary(_Part):
     settings: list[SettingName] = Field(default_factory=list)
 
 
+class Anomaly(_Part):
+    """Why the archive was suspect when written (SPEC 2.14): what changed against the median
+    of the target's previous good archives."""
+
+    kind: str = Field(description="size_drop, rows_drop or table_missing")
+    table: str | None = Field(None, description="schema.name; null for size_drop")
+    before: int | None = Field(None, description="the median before (bytes or rows)")
+    now: int | None = Field(None, description="in this archive; null when the table is gone")
+
+
 class Manifest(_Part):
     """``manifest.json`` (SPEC 6). Only ``backup_id`` and ``target`` are required: the archive's
     identity, checked against where it lies. Lists that older manifests lack and that readers tell
@@ -174,6 +184,8 @@ class Manifest(_Part):
     invalid_indexes: list[IndexRef] | None = None
     not_valid_constraints: list[ConstraintRef] | None = None
     database_properties: PropertiesSummary | None = None
+    anomalies: list[Anomaly] = Field(default_factory=list, description=(
+        "what made the archive suspect when it was written (empty: nothing, or the guard off)"))
 
     def as_stored(self) -> dict[str, Any]:
         """The JSON document: the fields it was read with (or written with), unknown ones too."""

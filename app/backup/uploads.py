@@ -1,6 +1,7 @@
-"""A backup's uploads: each object streamed through ``zstd | gpg`` into storage, hashed on the
-way, its open multipart upload noted for the reaper; and the discard of what a failed backup
-wrote.
+"""A backup's uploads: each object streamed through ``zstd | gpg`` into every location at once
+(the primary and each copy still in, :class:`~app.backup.copies.Places`), hashed on the way, its
+open multipart uploads noted for the reaper. A copy that fails drops out; the primary's failure
+fails the step.
 
 A failure names its step (a :class:`~app.steps.Step`): the step itself when a process failed,
 its upload step (``dump upload``) when storage did.
@@ -12,12 +13,13 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from app.backup.copies import Places
 from app.config import Settings
 from app.errors import StepFailed
 from app.integrations import gpg, zstd
 from app.integrations.process import Pipeline, PipelineError, Stage
-from app.integrations.storage import Storage, StorageError, Upload
-from app.integrations.streaming import Stored, pipeline_to_storage
+from app.integrations.storage import StorageError, Upload
+from app.integrations.streaming import Stored, pipeline_to_storages
 from app.jobs.context import JobContext
 from app.steps import UPLOAD_OF, Step
 
@@ -42,12 +44,17 @@ def _proc_wchar(pid: int) -> int | None:
     return None
 
 
-async def upload(ctx: JobContext, storage: Storage, step: Step, key: str,
+async def upload(ctx: JobContext, places: Places, step: Step, key: str,
                  pipeline: Pipeline, *, started: bool = False) -> Stored:
-    """Stream ``pipeline`` into ``key``. ``started``: a pipeline fed from memory (a document):
-    already running, and too small to report progress (the dump's stays the job's last)."""
-    async def remember(upload: Upload) -> None:
-        await ctx.note_cleanup("upload", {"key": upload.key, "upload_id": upload.upload_id})
+    """Stream ``pipeline`` into ``key`` in every live location. ``started``: a pipeline fed from
+    memory (a document): already running, and too small to report progress (the dump's stays
+    the job's last)."""
+    async def remember(opened: dict[str, Upload]) -> None:
+        await ctx.note_cleanup("uploads", {name: {"key": u.key, "upload_id": u.upload_id}
+                                           for name, u in opened.items()})
+
+    async def drop(name: str, why: str) -> None:
+        await places.drop(ctx, name, f"{UPLOAD_OF[step]} of {key.rsplit('/', 1)[-1]}: {why}")
 
     try:
         if not started:
@@ -65,18 +72,20 @@ async def upload(ctx: JobContext, storage: Storage, step: Step, key: str,
         ctx.progress(bytes_done=dumped or uploaded, bytes_uploaded=uploaded)
 
     try:
-        stored = await pipeline_to_storage(
-            pipeline, storage, key, part_size=ctx.services.settings.upload_part_size,
-            on_start=remember, on_bytes=None if started else progress)
+        stored = await pipeline_to_storages(
+            pipeline, places.storages(), key, required=places.primary.name,
+            part_size=ctx.services.settings.upload_part_size, on_start=remember,
+            on_bytes=None if started else progress, on_drop=drop)
     except PipelineError as exc:
         raise StepFailed(step, str(exc)) from None
     except StorageError as exc:
         raise StepFailed(UPLOAD_OF[step], str(exc)) from None
-    await ctx.note_cleanup("upload", None)
+    await ctx.note_cleanup("uploads", None)
+    places.written.append(key)
     return stored
 
 
-async def upload_document(ctx: JobContext, storage: Storage, step: Step, key: str,
+async def upload_document(ctx: JobContext, places: Places, step: Step, key: str,
                           data: bytes) -> Stored:
     """A small document from memory through ``zstd | gpg`` into storage, as the dump goes: its
     plaintext never touches the disk."""
@@ -95,20 +104,10 @@ async def upload_document(ctx: JobContext, storage: Storage, step: Step, key: st
             raise StepFailed(step, f"cannot start {exc.filename or 'a tool'}: "
                                    f"{exc.strerror}") from None
         filling = asyncio.create_task(fill())
-        return await upload(ctx, storage, step, key, pipeline, started=True)
+        return await upload(ctx, places, step, key, pipeline, started=True)
     finally:
         await pipeline.close_input()  # the pipeline is done or killed by now: a blocked write ends
         if filling is not None:
             with contextlib.suppress(BaseException):
                 await filling
 
-
-async def discard(storage: Storage, written: list[Stored]) -> None:
-    with contextlib.suppress(Exception):
-        await storage.delete([s.key for s in written])
-
-
-async def discard_manifest_first(storage: Storage, key: str, written: list[Stored]) -> None:
-    with contextlib.suppress(Exception):
-        await storage.delete([key])
-    await discard(storage, written)

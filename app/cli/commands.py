@@ -163,6 +163,19 @@ def restore(client: Client, target: str, backup_id: str, database: str, include_
 
 
 @cli.command()
+@click.argument("target")
+@click.option("--deep", is_flag=True, help="also read every object back and check its SHA-256 "
+                                           "(by default: sizes, from listings)")
+@_wait_option
+@_json_option
+@pass_client
+def reconcile(client: Client, target: str, deep: bool, wait: bool, as_json: bool) -> None:
+    """Check TARGET's archives in every storage location; copy what is missing or damaged."""
+    job = client.post(f"/v1/targets/{_segment(target)}/reconcile", {"deep": deep})
+    _job_outcome(client, job, wait, as_json)
+
+
+@cli.command()
 @click.option("--target")
 @click.option("--kind", type=click.Choice(["backup", "restore", "verify", "retention",
                                            "maintenance", "reconcile"]))

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -37,7 +37,9 @@ from prometheus_client.registry import Collector
 
 from app.archives import service as archives
 from app.archives.schemas import Archive
+from app.health import copy_metrics
 from app.jobs import repository as jobs_repo
+from app.jobs.schemas import JobKind
 from app.resources import Resources
 from app.targets import proof
 from app.targets.proof import Proof
@@ -65,11 +67,14 @@ class Facts:
     archives: dict[str, list[Archive] | None] = field(default_factory=dict)
     rto_hours: dict[int, float] = field(default_factory=dict)
     proofs: dict[str, Proof] = field(default_factory=dict)
+    copies: list[str] = field(default_factory=list)
+    copy_failures: list[Any] = field(default_factory=list)
 
 
 async def gather(services: Resources) -> Facts:
     names = sorted(services.settings.targets)
-    facts = Facts(targets=names, rpo_hours=services.settings.rpo_hours, now=time.time())
+    facts = Facts(targets=names, rpo_hours=services.settings.rpo_hours, now=time.time(),
+                  copies=[c.name for c in services.settings.copies])
     async with services.pool.acquire() as conn:
         facts.counts = await jobs_repo.counts(conn)
         facts.durations = await jobs_repo.duration_buckets(conn, DURATION_BUCKETS)
@@ -79,6 +84,7 @@ async def gather(services: Resources) -> Facts:
                              for r in await jobs_repo.last_finished(conn, "verify", names)}
         facts.running_backup = {r["target"]: r
                                 for r in await jobs_repo.running_of(conn, "backup")}
+        facts.copy_failures = await copy_metrics.failures(conn)
     listed = await asyncio.gather(*(_archives(services, n) for n in names))
     facts.archives = dict(zip(names, listed, strict=True))
     # Continuous proof from the listing just read (no second one): a few indexed job queries.
@@ -107,13 +113,21 @@ class FactsCollector(Collector):
         yield from self._archives()
         yield from self._verifications()
         yield from self._proof()
+        yield from copy_metrics.collect(self.facts.copies, self.facts.archives,
+                                        self.facts.copy_failures)
 
     def _jobs(self) -> Iterator[Metric]:
         total = CounterMetricFamily("pgvault_jobs", "Finished jobs by kind and outcome",
                                     labels=["kind", "outcome"])
         active = GaugeMetricFamily("pgvault_jobs_active", "Queued and running jobs by kind",
                                    labels=["kind", "status"])
+        # Every kind, from 0: an alert on its increase needs the series before the first stall.
+        stalled = CounterMetricFamily(
+            "pgvault_jobs_stalled", "Jobs failed by the stall watchdog (no change of phase or "
+            "progress for stall_timeout_s), by kind", labels=["kind"])
+        stalls = dict.fromkeys(get_args(JobKind), 0)
         for row in self.facts.counts:
+            stalls[row["kind"]] = stalls.get(row["kind"], 0) + row["stalled"]
             if row["status"] in FINISHED:
                 total.add_metric([row["kind"], row["status"]], row["n"])
             else:
@@ -127,7 +141,9 @@ class FactsCollector(Collector):
             buckets.append(("+Inf", float(row["n"])))
             durations.add_metric([row["kind"], row["status"]], buckets,
                                  sum_value=float(row["seconds"] or 0))
-        yield from (total, active, durations)
+        for kind, n in stalls.items():
+            stalled.add_metric([kind], n)
+        yield from (total, active, durations, stalled)
 
     def _backups(self) -> Iterator[Metric]:
         f = self.facts
@@ -168,6 +184,8 @@ class FactsCollector(Collector):
                          "Complete archives whose last conclusive verification found damage")
         unverified = _gauge("pgvault_archives_unverified",
                             "Complete archives with no conclusive verification yet")
+        suspect = _gauge("pgvault_suspect_archives",
+                         "Archives marked suspect by the anomaly guard and not cleared")
         newest = _gauge("pgvault_archive_newest_timestamp_seconds",
                         "Creation time of the newest complete archive")
         oldest = _gauge("pgvault_archive_oldest_timestamp_seconds",
@@ -183,11 +201,12 @@ class FactsCollector(Collector):
             damaged.add_metric([name], sum(1 for a in complete if a.verification
                                            and a.verification.damaged))
             unverified.add_metric([name], sum(1 for a in complete if not _conclusive(a)))
+            suspect.add_metric([name], sum(1 for a in complete if a.suspect))
             if complete:
                 times = [a.created_at.timestamp() for a in complete]
                 newest.add_metric([name], max(times))
                 oldest.add_metric([name], min(times))
-        yield from (up, count, incomplete, damaged, unverified, newest, oldest)
+        yield from (up, count, incomplete, damaged, unverified, suspect, newest, oldest)
 
     def _verifications(self) -> Iterator[Metric]:
         when = _gauge("pgvault_verification_last_timestamp_seconds",

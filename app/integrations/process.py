@@ -221,12 +221,20 @@ class Pipeline:
         live = [p for p in self.procs if p.returncode is None]
         for proc in live:
             _signal_group(proc.pid, signal.SIGTERM)
+        # asyncio's wait() returns only once the process's pipes are closed too: output nobody
+        # reads any more (a stuck upload stopped reading) would hold it until the kill below.
+        stdout = self.procs[-1].stdout if live else None
+        discard = asyncio.create_task(_discard(stdout)) if stdout is not None else None
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), KILL_AFTER_S)
         except TimeoutError:
             for proc in live:
                 _signal_group(proc.pid, signal.SIGKILL)
             await asyncio.gather(*(p.wait() for p in live))
+        finally:
+            if discard is not None:
+                discard.cancel()
+                await asyncio.gather(discard, return_exceptions=True)
         # Children that forked keep the group alive: make sure nothing of it survives. Only the
         # groups of stages that were alive above: a reaped stage's pid may belong to another.
         for proc in live:
@@ -241,6 +249,13 @@ class Pipeline:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    """Read and drop what is left of a killed pipeline's output, to its end."""
+    with contextlib.suppress(RuntimeError, OSError):  # RuntimeError: another read is waiting
+        while await stream.read(1 << 20):
+            pass
 
 
 async def _drain(proc: asyncio.subprocess.Process, buf: bytearray) -> None:

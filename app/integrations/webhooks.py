@@ -28,7 +28,8 @@ class _Retryable(Exception):
 def body_for(hook: WebhookConfig, event: str, payload: dict[str, Any]) -> dict[str, Any]:
     if hook.format == "slack":
         icon = {"job.succeeded": ":white_check_mark:", "job.failed": ":x:",
-                "job.cancelled": ":no_entry_sign:", "rpo.breach": ":rotating_light:"}
+                "job.cancelled": ":no_entry_sign:", "job.stalled": ":hourglass:",
+                "rpo.breach": ":rotating_light:"}
         return {"text": f"{icon.get(event, '')} pgvault: {payload.get('summary', event)}".strip()}
     return {"event": event, **payload}
 

@@ -57,16 +57,29 @@ class JobContext:
         self.cancelling = False
         self.phase_started = time.monotonic()
         self.phase_durations: dict[str, float] = {}
+        # The stall watchdog's clock (app/jobs/watchdog.py): when the job last showed progress;
+        # and, once it stopped the job as stalled: seconds without progress, phase, and what its
+        # server backends were waiting on ("" when nothing was seen).
+        self.last_progress = time.monotonic()
+        self.stalled: tuple[float, str, str] | None = None
 
     def progress(self, *, bytes_done: int | None = None, bytes_total: int | None = None,
                  bytes_uploaded: int | None = None) -> None:
         """Record progress; the runner writes it to the database at most every interval."""
+        before = (self.bytes_done, self.bytes_total, self.bytes_uploaded)
         if bytes_done is not None:
             self.bytes_done = bytes_done
         if bytes_uploaded is not None:
             self.bytes_uploaded = bytes_uploaded
         if bytes_total is not None:
             self.bytes_total = bytes_total
+        if (self.bytes_done, self.bytes_total, self.bytes_uploaded) != before:
+            self.alive()
+
+    def alive(self) -> None:
+        """Progress the counters do not show (a step known to be working): the stall watchdog
+        restarts its clock."""
+        self.last_progress = time.monotonic()
 
     async def set_phase(self, phase: Step | str, *, bytes_total: int | None = None) -> None:
         self._close_phase()
@@ -76,6 +89,7 @@ class JobContext:
         self.bytes_done = 0
         self.bytes_uploaded = 0
         self.bytes_total = bytes_total
+        self.alive()
         self.log.info("job_phase", phase=phase)
         await self.flush_progress()
 

@@ -5,6 +5,7 @@ It sits above the commands it names and beside the runner that reads it (both bu
 
 from __future__ import annotations
 
+from app.archives.reconcile import run_reconcile
 from app.archives.retention import run_retention
 from app.backup.command import cleanup_backup, run_backup
 from app.jobs.context import Cleanup, Handler
@@ -18,6 +19,7 @@ HANDLERS: dict[str, Handler] = {
     "verify": run_verify,
     "maintenance": run_maintenance,
     "retention": run_retention,
+    "reconcile": run_reconcile,
 }
 
 CLEANUPS: dict[str, Cleanup] = {

@@ -166,9 +166,13 @@ async def last_succeeded(conn: Any, kind: str, targets: list[str]) -> list[Any]:
 
 
 async def counts(conn: Any) -> list[Any]:
-    """Jobs by kind and status, all of them (finished ones count for ever: the metrics' totals)."""
+    """Jobs by kind and status, all of them (finished ones count for ever: the metrics' totals),
+    and how many of them the stall watchdog failed."""
     rows: list[Any] = await conn.fetch(
-        "SELECT kind, status, count(*) AS n FROM jobs GROUP BY kind, status")
+        """SELECT kind, status, count(*) AS n,
+                  count(*) FILTER (WHERE status = 'failed' AND error->>'title' = 'stalled')
+                      AS stalled
+           FROM jobs GROUP BY kind, status""")
     return rows
 
 

@@ -9,6 +9,7 @@ A queued or running job has ``{}``; a failed one ``FailedResult``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
@@ -20,6 +21,15 @@ BackupIdStr = Annotated[str, Field(pattern=BACKUP_ID_RE.pattern,
 PhaseDurations = Annotated[dict[str, float], Field(
     description="seconds spent in each phase",
     examples=[{"queued": 0.2, "dump": 41.2, "manifest": 0.1}])]
+Source = Annotated[str, Field(
+    description="where the objects were read from: primary when every object came from the "
+                "primary storage; else the copy that served (the database object's, when "
+                "several did) because the primary's was missing or failed its hash (SPEC 2.15)",
+    examples=["primary", "offsite"])]
+Sources = Annotated[dict[str, str], Field(
+    description="each object (key relative to the archive folder) and the location it was read "
+                "from",
+    examples=[{"globals.sql.zst.gpg": "primary", "database.dump.zst.gpg": "offsite"}])]
 ToolsUsed = Annotated[dict[str, str], Field(
     description="the PostgreSQL client programs this job chose for its server, with versions",
     examples=[{"pg_dump": "15.19", "pg_dumpall": "15.19"}])]
@@ -36,6 +46,26 @@ class StoredObject(_Model):
     sha256: str
 
 
+class BackupAnomaly(_Model):
+    """What made a new archive suspect (SPEC 2.14), against the median of its target's previous
+    good archives."""
+
+    kind: Literal["size_drop", "rows_drop", "table_missing"]
+    table: str | None = Field(description="schema.name; null for size_drop",
+                              examples=["public.rental"])
+    before: int | None = Field(description="the median before: dump bytes or rows")
+    now: int | None = Field(description="in this archive; null when the table is gone")
+
+
+class CopyOutcome(_Model):
+    """What a backup left in one copy location (SPEC 2.15)."""
+
+    status: Literal["complete", "missing"] = Field(description=(
+        "complete: every object and the manifest landed; missing: the copy failed during the "
+        "backup and holds nothing of this archive (reconciliation repairs it)"))
+    detail: str | None = Field(description="why the copy is missing")
+
+
 class BackupResult(_Model):
     """A succeeded backup."""
 
@@ -48,7 +78,15 @@ class BackupResult(_Model):
     objects: list[StoredObject]
     label: str | None
     tools: ToolsUsed
+    suspect: bool = Field(False, description="the archive is suspect: see anomalies (absent "
+                          "from backups made before the anomaly guard)")
+    anomalies: list[BackupAnomaly] = Field(default_factory=list)
     phase_durations_s: PhaseDurations
+    copies: dict[str, CopyOutcome] = Field(default_factory=dict, description=(
+        "each configured copy location (PGVAULT_COPIES) by name; the primary is not listed"),
+        examples=[{"offsite": {"status": "complete", "detail": None}}])
+    warnings: list[str] = Field(default_factory=list, description=(
+        "what went wrong without failing the backup (a copy that is missing)"))
 
 
 class IndexRef(_Model):
@@ -146,6 +184,8 @@ class RestoreResult(_Model):
                                     "short (in place, cancelled after the commit)")
     checklist: RestoreChecklist
     tools: ToolsUsed
+    source: Source
+    sources: Sources
     phase_durations_s: PhaseDurations
 
 
@@ -165,12 +205,17 @@ class VerifyResult(_Model):
                                                            description="restore level only")
     duration_s: float
     tools: ToolsUsed
+    source: Source
+    sources: Sources
     phase_durations_s: PhaseDurations
 
 
 class RetentionDecision(_Model):
     backup_id: str
     reason: str = Field(examples=["older than 90 days"])
+    locked_until: datetime | None = Field(None, description=(
+        "kept because an object of the archive is under S3 Object Lock until then (SPEC 2.15); "
+        "absent otherwise"))
 
 
 class AbortedUpload(_Model):
@@ -198,6 +243,32 @@ class MaintenanceResult(_Model):
     duration_s: float | None = Field(None, description="analyze only")
     materialized_views: list[RefreshedView] | None = Field(
         None, description="refresh_materialized_views only")
+    phase_durations_s: PhaseDurations
+
+
+class LocationFinding(_Model):
+    found: Literal["complete", "missing", "incomplete", "damaged"] = Field(description=(
+        "complete: the manifest and every object at its size (deep: and SHA-256); missing: "
+        "nothing of the archive; incomplete: an object or the manifest absent, or short; "
+        "damaged: an object of another size or (deep) SHA-256"))
+    repaired: bool = Field(description="what was absent or damaged was copied from an intact "
+                                       "location (verified on the way), the manifest last")
+    detail: str | None = Field(description="what was wrong, and why it was not repaired")
+
+
+class ReconcileResult(_Model):
+    """A succeeded reconciliation: each archive's state in each location, and the repairs."""
+
+    deep: bool = Field(description="every object was read back and its SHA-256 checked")
+    archives: dict[str, dict[str, LocationFinding]] = Field(
+        description="backup id -> location (primary, or a copy's name) -> finding",
+        examples=[{"20261124T000012Z-k3x9a2": {
+            "primary": {"found": "complete", "repaired": False, "detail": None},
+            "offsite": {"found": "incomplete", "repaired": True,
+                        "detail": "repaired: database.dump.zst.gpg missing"}}}])
+    checked: int = Field(description="archives checked")
+    repaired: int = Field(description="archive copies (archive and location) repaired")
+    unrepaired: int = Field(description="archive copies found broken and left so")
     phase_durations_s: PhaseDurations
 
 
@@ -231,11 +302,12 @@ class PendingResult(_Model):
 BY_KIND: dict[str, type[BaseModel]] = {
     "backup": BackupResult, "restore": RestoreResult, "verify": VerifyResult,
     "retention": RetentionResult, "maintenance": MaintenanceResult,
+    "reconcile": ReconcileResult,
 }
 MODELS: tuple[type[BaseModel], ...] = (*BY_KIND.values(), FailedResult, PendingResult)
 
 _UNION = TypeAdapter(BackupResult | RestoreResult | VerifyResult | RetentionResult
-                     | MaintenanceResult | FailedResult | PendingResult)
+                     | MaintenanceResult | ReconcileResult | FailedResult | PendingResult)
 _SCHEMA = _UNION.json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
 # Schemas of the models above and their parts, for the OpenAPI document's components.
 COMPONENTS: dict[str, Any] = _SCHEMA.pop("$defs")
@@ -243,8 +315,8 @@ COMPONENTS: dict[str, Any] = _SCHEMA.pop("$defs")
 # The runtime value stays the stored dict, byte for byte; the schema is the union above.
 JobResult = Annotated[dict[str, Any], WithJsonSchema({
     **_SCHEMA, "description": "per kind: BackupResult, RestoreResult, VerifyResult, "
-    "RetentionResult or MaintenanceResult once succeeded; FailedResult once failed or "
-    "cancelled; {} while queued or running"})]
+    "RetentionResult, MaintenanceResult or ReconcileResult once succeeded; FailedResult once "
+    "failed or cancelled; {} while queued or running"})]
 
 
 def validate(kind: str, status: str, result: dict[str, Any]) -> BaseModel:

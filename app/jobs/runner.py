@@ -30,7 +30,7 @@ from app.errors import PgVaultError, StepFailed
 from app.integrations import pg_errors
 from app.integrations.target_db import JOB_APPLICATION_NAME, end_backends
 from app.jobs import repository as repo
-from app.jobs import summaries
+from app.jobs import summaries, watchdog
 from app.jobs.context import Cleanup, Handler, JobContext
 from app.jobs.schemas import Job
 from app.loops import LoopService
@@ -65,10 +65,16 @@ class JobRunner:
         self._reaper = LoopService("jobs-reaper", self.reap,
                                    interval_s=max(1.0, settings.lease_seconds / 2), log=log,
                                    failed_event="jobs_reap_failed")
+        self._watchdog = watchdog.Watchdog(
+            services, lambda: [ctx for _, ctx in self.running.values()],
+            lambda ctx: self._cancel(ctx.job_id, "stalled"))
+        self._watch = LoopService("jobs-watchdog", self._watchdog.check_once,
+                                  interval_s=watchdog.interval_s(settings.stall_timeout_s),
+                                  log=log, failed_event="jobs_watchdog_failed", wait_first=True)
         services.runner.attach(self)
 
     def start(self) -> None:
-        for loop in (self._claimer, self._heartbeat, self._reaper):
+        for loop in (self._claimer, self._heartbeat, self._reaper, self._watch):
             loop.start()
 
     def wake(self) -> None:
@@ -93,7 +99,7 @@ class JobRunner:
                 await asyncio.wait(pending)
         # The heartbeat and claim loops go last: running jobs needed their leases renewed.
         await asyncio.gather(*(loop.stop() for loop in
-                               (self._claimer, self._heartbeat, self._reaper)))
+                               (self._claimer, self._heartbeat, self._reaper, self._watch)))
 
     # -- loops -----------------------------------------------------------------------------
 
@@ -235,6 +241,9 @@ class JobRunner:
                                    "the service log"}
             summary = summaries.failed(ctx.kind, ctx.target, ctx.params, step=ctx.phase,
                                        cause=cause)
+        if ctx.stalled is not None and status != "succeeded":  # however the cancel surfaced
+            status, result = "failed", {}
+            error, summary = watchdog.ending(ctx)
         duration = time.monotonic() - started
         ctx._close_phase()
         ctx.keep_final_progress()
@@ -266,7 +275,9 @@ class JobRunner:
             ctx.log.info("job_finished", status=status, duration_s=round(duration, 3))
             if row is not None:
                 job = Job.from_row(row).model_dump(mode="json")
-                self.services.notifier.emit(f"job.{status}", {
-                    "target": ctx.target, "summary": summary, "job": job})
+                payload = {"target": ctx.target, "summary": summary, "job": job}
+                self.services.notifier.emit(f"job.{status}", payload)
+                if ctx.stalled is not None and status == "failed":
+                    self.services.notifier.emit("job.stalled", payload)
         except Exception as exc:  # the lease will expire and the reaper will record it
             ctx.log.error("job_record_failed", error_type=type(exc).__name__)

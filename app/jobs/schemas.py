@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.jobs.results import JobResult
 from app.pagination import Skipped
 
-JobKind = Literal["backup", "restore", "verify", "retention", "maintenance"]
+JobKind = Literal["backup", "restore", "verify", "retention", "maintenance", "reconcile"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -23,8 +23,15 @@ class Progress(BaseModel):
 
 
 class JobError(BaseModel):
-    title: str
-    detail: str
+    title: str = Field(description=(
+        "what ended the job: \"<Kind> failed\" (a step failed; the result's failed_step names "
+        "it), \"stalled\" (the stall watchdog: no change of phase or progress for "
+        "stall_timeout_s; its processes were killed, its backends ended, its upload aborted), "
+        "\"Worker lost\" (its replica died; reaped), \"Cancelled\", \"Internal error\", or "
+        "the title of another error it met"),
+        examples=["Backup failed", "stalled", "Cancelled"])
+    detail: str = Field(description="why, in words; for \"stalled\": for how long nothing "
+                                    "moved, and at which phase")
 
 
 class Job(BaseModel):

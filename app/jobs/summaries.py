@@ -2,7 +2,8 @@
 
 While a job runs, the line says what it is doing, with numbers ("backup of demo: dumping, 42% of
 ~168 MB"); it is rewritten with every progress flush. When it fails, the line names the target,
-the step and the cause in words. A succeeded job's line is its command's own.
+the step and the cause in words ("... stalled: no progress for 900 s at dump" when the stall
+watchdog stopped it). A succeeded job's line is its command's own.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _WORDS: dict[str, str] = {
     Step.TABLE_OF_CONTENTS: "checking the table of contents",
     Step.COMPARE: "comparing row counts with the manifest",
     Step.PLAN: "choosing archives to delete",
+    Step.CHECK_LOCATIONS: "checking archives in every location",
+    Step.REPAIR: "copying missing or damaged objects",
     "analyze": "running ANALYZE",
     "refresh_materialized_views": "refreshing materialized views",
 }
@@ -60,6 +63,8 @@ def subject(kind: str, target: str, params: dict[str, Any]) -> str:
         return f"maintenance ({params['task']}) of {target}"
     if kind == "retention" and params.get("dry_run"):
         return f"retention dry run of {target}"
+    if kind == "reconcile" and params.get("deep"):
+        return f"deep reconcile of {target}"
     return f"{kind} of {target}"
 
 
@@ -85,6 +90,8 @@ def _doing(kind: str, phase: str, done: int, total: int | None, uploaded: int) -
         text += f", {size(uploaded)} uploaded)" if phase == "dump" else ")"
         return text
     words = _WORDS.get(phase, phase)
+    if kind == "reconcile" and (done or uploaded):
+        return f"{words} ({size(done)} read, {size(uploaded)} written)"
     if done:
         words += f" ({size(done)}" + (f" of {size(total)})" if total else ")")
     return words
@@ -93,6 +100,12 @@ def _doing(kind: str, phase: str, done: int, total: int | None, uploaded: int) -
 def failed(kind: str, target: str, params: dict[str, Any], *, step: str, cause: str) -> str:
     """The line of a failed job: target, step and cause."""
     return _clip(f"{subject(kind, target, params)} failed at {step}: {cause}")
+
+
+def stalled(kind: str, target: str, params: dict[str, Any], *, idle_s: float, phase: str) -> str:
+    """The line of a job the stall watchdog stopped: how long nothing moved, and where."""
+    return _clip(f"{subject(kind, target, params)} stalled: no progress for {idle_s:.0f} s at "
+                 f"{phase}")
 
 
 def cancelled(kind: str, target: str, params: dict[str, Any], *, phase: str,

@@ -253,6 +253,9 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
         "duration_s": round(duration, 3), "severity": severity, "rto_hours": rto_hours,
         "rto_met": duration <= rto_hours * 3600, "rows_match": rows_ok, "checklist": checklist,
         "tools": tools.used.as_dict(),
+        # Which location served the objects (fetch.py): a copy when the primary's was missing
+        # or damaged.
+        "source": ctx.result.get("source", "primary"), "sources": ctx.result.get("sources", {}),
     }
     if checklist.get("skipped"):
         result["rows_match"] = None
@@ -262,7 +265,8 @@ async def run_restore(ctx: JobContext) -> tuple[dict[str, Any], str]:
                f"{len(checks.made_worse(checklist['invalid_indexes']))} invalid index(es)"
                f"{_as_in_source(checklist['invalid_indexes'])}, "
                f"{len(checklist['roles_to_reset_password'])} role(s) need a password, "
-               f"{len(checklist['subscriptions_to_enable'])} subscription(s) to enable")
+               f"{len(checklist['subscriptions_to_enable'])} subscription(s) to enable"
+               f"{fetch.source_note(result)}")
     return result, summary
 
 

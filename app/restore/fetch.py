@@ -11,6 +11,11 @@ way. The plaintext is trusted -- handed to pg_restore -- only when all three hol
 
 Download and decryption overlap, and no encrypted copy is kept on disk. The scratch folder is
 removed by :func:`scratch_dir`'s context manager, also on failure or cancellation.
+
+Objects are read from the primary storage. When one is missing there, cannot be read, or fails
+its size or SHA-256, it is read from the first copy (``PGVAULT_COPIES``, in order) that holds it
+intact, checked the same way (SPEC 2.15); which location served each object is kept in the job's
+result (``source``, ``sources``), also when the job fails.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from app.backup import manifest as mf
 from app.errors import StepFailed
 from app.integrations import gpg, zstd
 from app.integrations.process import Pipeline, PipelineError
-from app.integrations.storage import StorageError
+from app.integrations.storage import PRIMARY, Storage, StorageError
 from app.jobs.context import JobContext
 from app.steps import Step
 
@@ -115,11 +120,11 @@ def _looks_like_scratch(path: Path) -> bool:
         return False
 
 
-async def _feed(ctx: JobContext, key: str, pipeline: Pipeline, digest: hashlib._Hash,
+async def _feed(storage: Storage, key: str, pipeline: Pipeline, digest: hashlib._Hash,
                 on_bytes: Callable[[int], None]) -> int:
     """Stream an object into gpg's stdin, hashing it; returns its size."""
     size = 0
-    async for chunk in ctx.services.storage.iter_chunks(key, 4 << 20):
+    async for chunk in storage.iter_chunks(key, 4 << 20):
         await pipeline.write(chunk, digest)
         size += len(chunk)
         on_bytes(size)
@@ -127,9 +132,11 @@ async def _feed(ctx: JobContext, key: str, pipeline: Pipeline, digest: hashlib._
 
 
 async def fetch_object(ctx: JobContext, key: str, entry: mf.ArchiveObject, plain: Path,
-                       on_bytes: Callable[[int], None]) -> None:
-    """Download ``key``, decrypt and decompress it into ``plain``, and check it (see above)."""
+                       on_bytes: Callable[[int], None], storage: Storage | None = None) -> None:
+    """Download ``key`` (from the primary unless ``storage`` says otherwise), decrypt and
+    decompress it into ``plain``, and check it (see above)."""
     settings = ctx.services.settings
+    storage = storage or ctx.services.storage
     status = plain.with_suffix(".gpg-status")
     name = entry.key
     digest = hashlib.sha256()
@@ -143,7 +150,7 @@ async def fetch_object(ctx: JobContext, key: str, entry: mf.ArchiveObject, plain
             try:
                 await pipeline.start()
                 try:
-                    size = await _feed(ctx, key, pipeline, digest, on_bytes)
+                    size = await _feed(storage, key, pipeline, digest, on_bytes)
                     await pipeline.close_input()  # end of input for gpg
                     fed_all = True
                 except BrokenPipeError:
@@ -205,6 +212,7 @@ async def fetch(ctx: JobContext, doc: mf.Manifest, workdir: Path) -> dict[str, P
     await ctx.set_phase(Step.DOWNLOAD, bytes_total=sum(o.size_bytes for o in objects))
     done = 0
     plain: dict[str, Path] = {}
+    sources: dict[str, str] = {}
     for entry in objects:
         key = entry.key
         if "/" in key or key.startswith("."):
@@ -216,7 +224,65 @@ async def fetch(ctx: JobContext, doc: mf.Manifest, workdir: Path) -> dict[str, P
             ctx.progress(bytes_done=base + n)
 
         target = workdir / f"{kind}.plain"
-        await fetch_object(ctx, prefix + key, entry, target, progress)
+        sources[key] = await _fetch_intact(ctx, prefix + key, entry, target, progress)
+        ctx.result.update(source=main_source(doc, sources), sources=dict(sources))
         plain[kind] = target
         done += entry.size_bytes
     return plain
+
+
+# A failure of these steps is the object's in this location (absent, unreadable, short, a hash
+# that differs): another location may hold it intact. Any other (gpg, zstd, the keyring, a full
+# disk) would fail the same with every location's bytes.
+_LOCAL_DAMAGE = frozenset({Step.CHECKSUM, Step.DOWNLOAD})
+
+
+async def _fetch_intact(ctx: JobContext, key: str, entry: mf.ArchiveObject, plain: Path,
+                        on_bytes: Callable[[int], None]) -> str:
+    """:func:`fetch_object` from the primary, else from the first copy that holds the object
+    intact; returns the name of the location that served it."""
+    try:
+        await fetch_object(ctx, key, entry, plain, on_bytes)
+        return PRIMARY
+    except StepFailed as exc:
+        if exc.step not in _LOCAL_DAMAGE or not ctx.services.copies:
+            raise
+        first = exc
+    tried: list[str] = []
+    for location in ctx.services.copies:
+        try:
+            await fetch_object(ctx, key, entry, plain, on_bytes, storage=location.storage)
+        except StepFailed as exc:
+            if exc.step not in _LOCAL_DAMAGE:
+                raise
+            tried.append(f"copy {location.name}: {exc.cause}")
+            continue
+        ctx.log.warning("object_read_from_copy", key=key, location=location.name,
+                        primary=first.cause)
+        return location.name
+    raise StepFailed(first.step, f"{first.cause}; no copy holds it intact ({'; '.join(tried)})")
+
+
+def source_note(result: dict[str, object]) -> str:
+    """For a job's summary: "" when every object came from the primary."""
+    sources = result.get("sources")
+    if not isinstance(sources, dict):
+        return ""
+    served = sorted({name for name in sources.values() if name != PRIMARY})
+    if not served:
+        return ""
+    count = sum(1 for name in sources.values() if name != PRIMARY)
+    return (f"; {count} object(s) read from copy {', '.join(served)}: the primary's were "
+            "missing or damaged (a reconcile job repairs them)")
+
+
+def main_source(doc: mf.Manifest, sources: dict[str, str]) -> str:
+    """``primary`` when every object came from it; else the copy that served the database
+    object, or the first copy that served any."""
+    copies = [name for name in sources.values() if name != PRIMARY]
+    if not copies:
+        return PRIMARY
+    database = next((sources[o.key] for o in doc.objects
+                     if (o.kind or o.key) in ("database", mf.DATABASE_OBJECT)
+                     and o.key in sources), PRIMARY)
+    return database if database != PRIMARY else copies[0]

@@ -108,7 +108,7 @@ async def run_verify(ctx: JobContext) -> tuple[dict[str, Any], str]:
                f"{result['objects_checked']} object(s), {result['toc_entries']} TOC entries"
                + (f", {result['row_counts']['tables_checked']} tables match"
                   + _excused(result) if level == "restore" else "")
-               + f" in {result['duration_s']:.1f} s")
+               + f" in {result['duration_s']:.1f} s" + fetch.source_note(result))
     return result, summary
 
 

@@ -92,6 +92,8 @@ class Scheduler:
             return {"dry_run": False}
         if kind == "maintenance":
             return {"task": "analyze"}
+        if kind == "reconcile":
+            return {"deep": False}
         if self.settings.targets[target].verify_every_archive:
             try:  # continuous proof: the unverified archives, oldest first, within the budget
                 return await proof.continuous_params(self.services, target, now)

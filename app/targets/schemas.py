@@ -54,7 +54,8 @@ class TargetStatus(BaseModel):
         "rto_forecast_ok": {"1": True, "2": True, "3": True},
         "verification_schedule": {"verify_every_archive": True, "verify_budget_per_day": 2,
                                   "used_today": 1, "cron": "0 3 * * *",
-                                  "next_at": "2026-11-25T03:00:00Z"}}]})
+                                  "next_at": "2026-11-25T03:00:00Z"},
+        "suspect_archives": 0}]})
 
     name: str
     dsn: str = Field(description="the DSN with its password redacted")
@@ -79,6 +80,9 @@ class TargetStatus(BaseModel):
         "per severity (\"1\", \"2\", \"3\"): the forecast is within that RTO (null: no "
         "forecast)"))
     verification_schedule: VerificationSchedule | None = None
+    suspect_archives: int | None = Field(None, description=(
+        "archives marked suspect by the anomaly guard and not cleared; null when storage could "
+        "not be listed"))
 
 
 class TargetList(BaseModel):

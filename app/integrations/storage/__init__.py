@@ -15,12 +15,17 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from app.config import Settings
+import structlog
+
+from app.config import ConfigError, Settings
 from app.config_models import CopyConfig
 from app.integrations.storage.base import ObjectInfo, Storage, StorageError, StorageRefused, Upload
 
 __all__ = ["PRIMARY", "Location", "ObjectInfo", "Storage", "StorageError", "StorageRefused",
-           "Upload", "open_copies", "open_location", "open_storage"]
+           "Upload", "check_locks", "check_locks_at_start", "open_copies", "open_location",
+           "open_storage"]
+
+log = structlog.get_logger("pgvault.storage")
 
 PRIMARY = "primary"
 
@@ -92,3 +97,44 @@ async def open_copies(settings: Settings) -> list[Location]:
             await location.storage.close()
         raise
     return opened
+
+
+def _lock_setting(location: Location) -> str:
+    return ("PGVAULT_OBJECT_LOCK_DAYS" if location.primary
+            else f"PGVAULT_COPIES (copy {location.name}) object_lock_days")
+
+
+async def check_locks(locations: list[Location]) -> None:
+    """:class:`ConfigError`, one line per location, when a location with ``object_lock_days``
+    cannot lock objects (its bucket has no Object Lock configuration, or it is a folder): its
+    archives would be deletable while the operator believes them immutable. A store that cannot
+    be asked now (an outage) is logged and left to the writes themselves, which then fail
+    loudly: start-up does not wait for storage (``/readyz`` reports it)."""
+    problems = []
+    for location in locations:
+        if location.object_lock_days is None:
+            continue
+        try:
+            await location.storage.check_lock()
+        except StorageRefused as exc:
+            problems.append(
+                f"storage location {location.name} ({location.url}): {_lock_setting(location)} "
+                f"is set but {exc}: create the bucket with Object Lock enabled, or unset it")
+        except StorageError as exc:
+            log.warning("object_lock_unchecked", location=location.name, reason=str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+async def check_locks_at_start(settings: Settings) -> None:
+    """:func:`check_locks` for a server's preflight: opens the locations and closes them."""
+    if settings.object_lock_days is None and not any(
+            c.object_lock_days is not None for c in settings.copies):
+        return
+    locations = [await open_primary(settings)]
+    try:
+        locations += await open_copies(settings)
+        await check_locks(locations)
+    finally:
+        for location in locations:
+            await location.storage.close()

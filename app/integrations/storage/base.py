@@ -86,3 +86,19 @@ class Storage(Protocol):
         """Multipart uploads started and neither completed nor aborted."""
 
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
+
+    async def check_lock(self) -> None:
+        """:class:`StorageRefused` unless the store can hold objects under Object Lock."""
+
+    async def locked_until(self, keys: list[str]) -> datetime | None:
+        """The latest Object Lock end among these objects still ahead; None: none locked."""
+
+
+class WithoutLocks:
+    """The Object Lock half of :class:`Storage` for a store that cannot lock objects."""
+
+    async def check_lock(self) -> None:
+        raise StorageRefused("a local folder cannot lock objects (S3 Object Lock needs s3://)")
+
+    async def locked_until(self, keys: list[str]) -> datetime | None:
+        return None

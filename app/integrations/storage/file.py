@@ -44,6 +44,7 @@ from app.integrations.storage.base import (
     PendingUpload,
     StorageError,
     StorageRefused,
+    WithoutLocks,
     key_parts,
 )
 
@@ -158,7 +159,7 @@ class FileUpload:
         await asyncio.to_thread(discard)
 
 
-class FileStorage:
+class FileStorage(WithoutLocks):
     def __init__(self, root: str) -> None:
         # Resolved once: the operator may configure the root through a link; nothing below it
         # is ever resolved.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aioboto3
@@ -26,7 +27,14 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from app.integrations.storage.base import ObjectInfo, PendingUpload, StorageError, key_parts
+from app.integrations.storage import s3_lock
+from app.integrations.storage.base import (
+    ObjectInfo,
+    PendingUpload,
+    StorageError,
+    StorageRefused,
+    key_parts,
+)
 
 # S3 error codes and botocore failures in words (the code stays, for searching the S3 docs).
 _CODE_WORDS = {
@@ -77,8 +85,9 @@ def _plain(key: str) -> bool:
 
 class S3Upload:
     def __init__(self, client: Any, bucket: str, key: str, full_key: str, upload_id: str,
-                 concurrency: int) -> None:
+                 concurrency: int, lock: dict[str, Any] | None = None) -> None:
         self.key = key
+        self._lock = lock  # the Object Lock parameters the upload was started with
         self.upload_id = upload_id
         self._client = client
         self._bucket = bucket
@@ -97,9 +106,11 @@ class S3Upload:
 
     async def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
         try:
+            extra = ({"ContentMD5": await asyncio.to_thread(s3_lock.content_md5, data)}
+                     if self._lock else {})
             resp = await self._client.upload_part(
                 Bucket=self._bucket, Key=self._full_key, UploadId=self.upload_id,
-                PartNumber=number, Body=data,
+                PartNumber=number, Body=data, **extra,
             )
             return {"PartNumber": number, "ETag": resp["ETag"]}
         except (BotoCoreError, ClientError) as exc:
@@ -116,6 +127,12 @@ class S3Upload:
             )
         except (BotoCoreError, ClientError) as exc:
             raise _describe(exc, f"completion of {self.key}") from None
+        if self._lock:
+            try:
+                await s3_lock.ensure_retention(self._client, self._bucket, self._full_key,
+                                               self._lock)
+            except (BotoCoreError, ClientError) as exc:
+                raise _describe(exc, f"Object Lock retention of {self.key}") from None
 
     async def abort(self) -> None:
         for task in self._tasks:
@@ -183,17 +200,26 @@ class S3Storage:
             raise _describe(exc, f"access to bucket {self.bucket}") from None
 
     async def start_upload(self, key: str) -> S3Upload:
+        lock = self._lock_params()
         try:
             resp = await self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=self._full(key))
+                Bucket=self.bucket, Key=self._full(key), **(lock or {}))
         except (BotoCoreError, ClientError) as exc:
             raise _describe(exc, f"start of upload {key}") from None
         return S3Upload(self._client, self.bucket, key, self._full(key), resp["UploadId"],
-                        self._concurrency)
+                        self._concurrency, lock)
+
+    def _lock_params(self) -> dict[str, Any] | None:
+        if self.object_lock_days is None:
+            return None
+        return s3_lock.lock_params(self.object_lock_days, self.object_lock_mode)
 
     async def put(self, key: str, data: bytes) -> None:
+        lock = self._lock_params()
+        extra = {**lock, "ContentMD5": s3_lock.content_md5(data)} if lock else {}
         try:
-            await self._client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+            await self._client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data,
+                                          **extra)
         except (BotoCoreError, ClientError) as exc:
             raise _describe(exc, f"write of {key}") from None
 
@@ -234,17 +260,62 @@ class S3Storage:
         return found
 
     async def delete(self, keys: list[str]) -> None:
-        for start in range(0, len(keys), 1000):
-            # Keys travel in the request body here, where nothing resolves ``..``: an odd key
-            # that a listing found under the prefix can still be deleted.
-            batch = [{"Key": self.prefix + k} for k in keys[start:start + 1000] if k]
+        # Keys travel in the request body here, where nothing resolves ``..``: an odd key
+        # that a listing found under the prefix can still be deleted.
+        entries: list[dict[str, str]] = [{"Key": self.prefix + k} for k in keys if k]
+        if self.object_lock_days is not None and entries:
+            # A versioned (locked) bucket: every version goes, or the delete fails (s3_lock).
+            try:
+                entries = await s3_lock.versions(self._client, self.bucket,
+                                                 [e["Key"] for e in entries])
+            except (BotoCoreError, ClientError) as exc:
+                raise _describe(exc, "listing of versions to delete") from None
+        for start in range(0, len(entries), 1000):
+            batch = entries[start:start + 1000]
             try:
                 resp = await self._client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             except (BotoCoreError, ClientError) as exc:
                 raise _describe(exc, "delete") from None
-            if resp.get("Errors"):
-                raise StorageError(f"S3 delete failed for {len(resp['Errors'])} object(s)")
+            if errors := resp.get("Errors"):
+                codes = sorted({str(e.get("Code")) for e in errors})
+                raise StorageError(f"S3 delete failed for {len(errors)} object(s) "
+                                   f"({', '.join(codes)}; Object Lock still holding them?)"
+                                   if self.object_lock_days is not None else
+                                   f"S3 delete failed for {len(errors)} object(s) "
+                                   f"({', '.join(codes)})")
+
+    async def check_lock(self) -> None:
+        """:class:`StorageRefused` when the bucket has no Object Lock configuration."""
+        try:
+            enabled = await s3_lock.bucket_lock_enabled(self._client, self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise _describe(exc, f"reading the Object Lock configuration of {self.bucket}") \
+                from None
+        if not enabled:
+            raise StorageRefused(f"bucket {self.bucket} has no Object Lock configuration")
+
+    async def locked_until(self, keys: list[str]) -> datetime | None:
+        """The latest Object Lock end among these objects that is still ahead; None when none
+        is locked now. One HEAD per object (a missing object is not locked)."""
+        slots = asyncio.Semaphore(8)
+
+        async def one(key: str) -> datetime | None:
+            async with slots:
+                try:
+                    head = await self._client.head_object(Bucket=self.bucket,
+                                                          Key=self.prefix + key)
+                except (BotoCoreError, ClientError) as exc:
+                    failure = _read_failure(exc, key)
+                    if isinstance(failure, KeyError):
+                        return None
+                    raise failure from None
+                return s3_lock.retain_until(head)
+
+        ends = [u for u in await asyncio.gather(*(one(k) for k in keys if _plain(k)))
+                if u is not None]
+        now = datetime.now(UTC)
+        return max((u for u in ends if u > now), default=None)
 
     async def pending_uploads(self, prefix: str) -> list[PendingUpload]:
         found: list[PendingUpload] = []

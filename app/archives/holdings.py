@@ -1,0 +1,59 @@
+"""Which location holds an archive whole (SPEC 2.15), judged from listings: every object its
+manifest lists, at the manifest's size, and the manifest itself.
+
+The catalogue asks only about archives whose manifest is on the primary but one of whose objects
+is missing or short there: such an archive is still restorable when a copy holds it whole
+(restores and verifications read that object from the copy, app/restore/fetch.py), so it is
+listed as ``complete`` with a ``degraded`` note instead of ``incomplete``, and retention, which
+deletes incomplete archives, keeps it. When no copy could be listed, nobody can tell: the archive
+is shown ``unreadable`` (kept, never restored, never counted as good) until the copy answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.backup import manifest as mf
+from app.integrations.storage import Location, ObjectInfo, StorageError
+
+
+def short_objects(objects: list[ObjectInfo], doc: mf.Manifest) -> list[str]:
+    """The manifest's objects missing from a listing of the archive or of another size there."""
+    stored = {o.key.split("/", 2)[-1]: o.size for o in objects if o.usable}
+    return [obj.key for obj in doc.objects if stored.get(obj.key) != obj.size_bytes]
+
+
+def holds_whole(objects: list[ObjectInfo], doc: mf.Manifest) -> bool:
+    names = {o.key.split("/", 2)[-1] for o in objects if o.usable}
+    return mf.MANIFEST in names and not short_objects(objects, doc)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """For an archive the primary holds short: ``degraded`` (a copy holds it whole: restorable)
+    or ``reason`` (no copy could be checked: not judged)."""
+
+    degraded: str | None = None
+    reason: str | None = None
+
+
+async def judge(copies: list[Location], target: str, backup_id: str, doc: mf.Manifest,
+                primary_objects: list[ObjectInfo]) -> Verdict | None:
+    """None when the archive is not restorable from any copy (or no copy is configured)."""
+    short = short_objects(primary_objects, doc)
+    what = f"{', '.join(short[:3])} {'is' if len(short) == 1 else 'are'} missing or short"
+    unreachable: list[str] = []
+    for location in copies:
+        try:
+            listed = await location.storage.list_objects(mf.archive_prefix(target, backup_id))
+        except StorageError as exc:
+            unreachable.append(f"{location.name} ({exc})")
+            continue
+        if holds_whole(listed, doc):
+            return Verdict(degraded=f"{what} on the primary; copy {location.name} holds the "
+                                    "archive whole: restores read it from there, and a "
+                                    "reconcile job repairs the primary")
+    if unreachable:
+        return Verdict(reason=f"{what} on the primary and copy {', '.join(unreachable)} could "
+                              "not be listed: cannot tell whether a copy holds it")
+    return None
