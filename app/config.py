@@ -51,6 +51,8 @@ DEFAULT_SCHEDULES: dict[str, str] = {
     # (every object read back) is asked for through the API when wanted.
     "reconcile": "0 4 * * 0",
 }
+# With verify_every_archive, the restore tests run daily (within the target's daily budget).
+CONTINUOUS_VERIFY_SCHEDULE = "0 3 * * *"
 
 SCHEDULE_ALIASES = {"verification": "verify"}
 
@@ -123,7 +125,10 @@ class TargetConfig(BaseModel):
         return PgDsn.parse(self.dsn.get_secret_value())
 
     def effective_schedules(self) -> dict[str, str]:
-        return {**DEFAULT_SCHEDULES, **self.schedules}
+        defaults = dict(DEFAULT_SCHEDULES)
+        if self.verify_every_archive:  # continuous proof: daily slots, each within the budget
+            defaults["verify"] = CONTINUOUS_VERIFY_SCHEDULE
+        return {**defaults, **self.schedules}
 
 
 WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "job.stalled",

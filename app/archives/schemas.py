@@ -12,10 +12,15 @@ ArchiveStatus = Literal["complete", "incomplete", "unreadable"]
 
 
 class Verification(BaseModel):
+    """The archive's last finished verification; ``damaged`` is its last conclusive one's verdict.
+    Whether a restore test proved it: target status (``unverified_archives``)."""
+
     status: Literal["succeeded", "failed"]
     level: Literal["checksum", "restore"]
     job_id: UUID
     finished_at: datetime | None
+    at: datetime | None = Field(None, description="when it finished (as finished_at)")
+    duration_s: float | None = Field(None, description="how long the verification job ran")
     summary: str
     damaged: bool = Field(False, description=(
         "the last conclusive verification (passed, or failed on a missing object, a hash, "
@@ -62,6 +67,7 @@ ARCHIVE_EXAMPLE: dict[str, Any] = {
     "verification": {"status": "succeeded", "level": "restore",
                      "job_id": "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f",
                      "finished_at": "2026-11-24T03:12:44.120Z",
+                     "at": "2026-11-24T03:12:44.120Z", "duration_s": 10.2,
                      "summary": "restore verification of 20261124T000012Z-k3x9a2 passed: "
                                 "2 object(s), 1207 TOC entries, 21 tables match in 9.8 s",
                      "damaged": False},

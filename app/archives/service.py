@@ -13,7 +13,7 @@ import structlog
 from pydantic import ValidationError
 
 from app import pagination
-from app.archives import copy_view, holdings, removal, reviews
+from app.archives import copy_view, holdings, proof_sql, removal, reviews
 from app.archives.schemas import (
     Anomaly,
     Archive,
@@ -213,7 +213,7 @@ async def _verifications(services: Resources, target: str, backup_ids: list[str]
                          ) -> tuple[dict[str, Verification], dict[str, copy_view.Copies]]:
     """Each archive's last verification, and its copies' states (one connection)."""
     async with services.pool.acquire() as conn:
-        rows = await jobs_repo.last_verifications(conn, target, backup_ids,
+        rows = await proof_sql.last_verifications(conn, target, backup_ids,
                                                   [str(s) for s in sorted(DAMAGE_STEPS)])
         copies = await copy_view.read(conn, services.settings, target, backup_ids)
     found: dict[str, Verification] = {}
@@ -221,7 +221,9 @@ async def _verifications(services: Resources, target: str, backup_ids: list[str]
         try:
             found[r["params"]["backup_id"]] = Verification(
                 status=r["status"], level=r["params"].get("level", "checksum"), job_id=r["id"],
-                finished_at=r["finished_at"], summary=r["summary"], damaged=r["damaged"])
+                finished_at=r["finished_at"], at=r["finished_at"],
+                duration_s=_took(r["result"], r["run_s"]),
+                summary=r["summary"], damaged=r["damaged"])
         except ValidationError:
             # A damaged job record must not take the target's listing down: its archive shows
             # no verification, as if never verified, which is the safe reading.
@@ -235,6 +237,14 @@ async def _reviews(services: Resources, target: str,
         rows = await reviews.cleared(conn, target, backup_ids)
     return {b: SuspectCleared(by=r["cleared_by"], at=r["cleared_at"], reason=r["reason"])
             for b, r in rows.items()}
+
+
+def _took(result: object, run_s: float | None) -> float | None:
+    """The job's own duration figure, else its start-to-end time."""
+    took = result.get("duration_s") if isinstance(result, dict) else None
+    if isinstance(took, int | float) and not isinstance(took, bool):
+        return round(float(took), 3)
+    return None if run_s is None else round(run_s, 3)
 
 
 async def catalogue(services: Resources, target: str) -> list[Archive]:

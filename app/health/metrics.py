@@ -9,6 +9,9 @@ would count one replica's work and start from zero at each restart. (A finished 
 rewritten, so the totals only grow; if old jobs were ever purged, Prometheus would see a counter
 reset, which ``rate()`` already handles.)
 
+Continuous proof (unverified archives, last proven backup, restore forecast against the RTOs)
+is drawn from the same listing and a few job queries: no storage read of its own.
+
 Archives are read from storage as the API lists them; a target whose listing fails within
 ``LIST_TIMEOUT_S`` shows ``pgvault_storage_up 0`` and no archive figures, rather than stale ones
 or a failed scrape.
@@ -20,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,6 +41,8 @@ from app.health import copy_metrics
 from app.jobs import repository as jobs_repo
 from app.jobs.schemas import JobKind
 from app.resources import Resources
+from app.targets import proof
+from app.targets.proof import Proof
 from app.targets.rpo import good_backup, within_rpo
 
 # Job durations run from seconds (a checksum verify) to hours (a restore of a large database).
@@ -59,6 +65,8 @@ class Facts:
     last_verify: dict[str, Any] = field(default_factory=dict)
     running_backup: dict[str, Any] = field(default_factory=dict)
     archives: dict[str, list[Archive] | None] = field(default_factory=dict)
+    rto_hours: dict[int, float] = field(default_factory=dict)
+    proofs: dict[str, Proof] = field(default_factory=dict)
     copies: list[str] = field(default_factory=list)
     copy_failures: list[Any] = field(default_factory=list)
 
@@ -79,6 +87,12 @@ async def gather(services: Resources) -> Facts:
         facts.copy_failures = await copy_metrics.failures(conn)
     listed = await asyncio.gather(*(_archives(services, n) for n in names))
     facts.archives = dict(zip(names, listed, strict=True))
+    # Continuous proof from the listing just read (no second one): a few indexed job queries.
+    facts.rto_hours = services.settings.rto_hours
+    now = datetime.fromtimestamp(facts.now, UTC)
+    for name, found in facts.archives.items():
+        if found is not None:
+            facts.proofs[name] = await proof.proof_of(services, name, found, now)
     return facts
 
 
@@ -98,6 +112,7 @@ class FactsCollector(Collector):
         yield from self._backups()
         yield from self._archives()
         yield from self._verifications()
+        yield from self._proof()
         yield from copy_metrics.collect(self.facts.copies, self.facts.archives,
                                         self.facts.copy_failures)
 
@@ -207,6 +222,28 @@ class FactsCollector(Collector):
             ok.add_metric([name, (row["params"] or {}).get("level", "checksum")],
                           1 if row["status"] == "succeeded" else 0)
         yield from (when, ok)
+
+    def _proof(self) -> Iterator[Metric]:
+        unverified = _gauge("pgvault_unverified_archives", "Complete archives with no "
+                            "conclusive verification (a passed restore test, or damage found)")
+        last = _gauge("pgvault_last_verified_backup_timestamp_seconds",
+                      "When the newest good archive with a passed restore test passed it")
+        expected = _gauge("pgvault_restore_forecast_seconds",
+                          "Expected restore time of the newest good archive")
+        ok = GaugeMetricFamily("pgvault_rto_forecast_ok",
+                               "1 when the restore forecast is within the severity's RTO",
+                               labels=["target", "severity"])
+        for name, found in sorted(self.facts.proofs.items()):
+            unverified.add_metric([name], found.unverified)
+            if found.last_verified is not None:
+                last.add_metric([name], found.last_verified[1].timestamp())
+            if found.forecast_s is None:
+                continue
+            expected.add_metric([name], found.forecast_s)
+            for severity, fits in (proof.rto_ok(found.forecast_s, self.facts.rto_hours)
+                                   or {}).items():
+                ok.add_metric([name, severity], 1 if fits else 0)
+        yield from (unverified, last, expected, ok)
 
 
 def _gauge(name: str, documentation: str) -> GaugeMetricFamily:

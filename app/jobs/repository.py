@@ -165,27 +165,6 @@ async def last_succeeded(conn: Any, kind: str, targets: list[str]) -> list[Any]:
     return rows
 
 
-async def last_verifications(conn: Any, target: str, backup_ids: list[str],
-                             damage_steps: list[str]) -> list[Any]:
-    """Each archive's last finished verification, and ``damaged``: whether its last conclusive
-    one (passed, or failed at a step in ``damage_steps``) found the archive broken. A later run
-    that failed for another reason (no worker, no room) changes neither verdict."""
-    rows: list[Any] = await conn.fetch(
-        f"""SELECT DISTINCT ON (params->>'backup_id') {JOB_COLUMNS},
-                coalesce((SELECT c.status = 'failed' FROM jobs c
-                          WHERE c.kind = 'verify' AND c.target = jobs.target
-                            AND c.params->>'backup_id' = jobs.params->>'backup_id'
-                            AND (c.status = 'succeeded' OR (c.status = 'failed'
-                                 AND c.result->>'failed_step' = ANY($3::text[])))
-                          ORDER BY c.finished_at DESC LIMIT 1), false) AS damaged
-            FROM jobs
-            WHERE kind = 'verify' AND target = $1 AND params->>'backup_id' = ANY($2::text[])
-              AND status IN ('succeeded', 'failed')
-            ORDER BY params->>'backup_id', finished_at DESC""",
-        target, backup_ids, damage_steps)
-    return rows
-
-
 async def counts(conn: Any) -> list[Any]:
     """Jobs by kind and status, all of them (finished ones count for ever: the metrics' totals),
     and how many of them the stall watchdog failed."""

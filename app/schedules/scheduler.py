@@ -25,6 +25,7 @@ from app.loops import LoopService
 from app.resources import Resources
 from app.schedules import repository as repo
 from app.security import Principal
+from app.targets import proof
 from app.targets.rpo import good_backup, within_rpo
 
 log = structlog.get_logger("pgvault.scheduler")
@@ -61,7 +62,7 @@ class Scheduler:
                 async with self.services.pool.acquire() as conn:
                     if await repo.is_claimed(conn, target, kind, slot):
                         continue  # the usual case: nothing due since the last tick
-                params = await self._params(target, kind)
+                params = await self._params(target, kind, now)
                 # Claim and job in one transaction: a crash between them cannot lose the slot.
                 async with self.services.pool.acquire() as conn, conn.transaction():
                     first = not await repo.has_any(conn, target, kind)
@@ -82,8 +83,9 @@ class Scheduler:
         await self._purge_audit(now)
         return done
 
-    async def _params(self, target: str, kind: str) -> dict[str, Any] | str:
-        """The job's parameters, or why there is nothing to run."""
+    async def _params(self, target: str, kind: str,
+                      now: datetime) -> dict[str, Any] | list[dict[str, Any]] | str:
+        """The job's parameters (several jobs': a list), or why there is nothing to run."""
         if kind == "backup":
             return {"scheduled": True}
         if kind == "retention":
@@ -92,6 +94,11 @@ class Scheduler:
             return {"task": "analyze"}
         if kind == "reconcile":
             return {"deep": False}
+        if self.settings.targets[target].verify_every_archive:
+            try:  # continuous proof: the unverified archives, oldest first, within the budget
+                return await proof.continuous_params(self.services, target, now)
+            except PgVaultError as exc:
+                return f"skipped: {exc.detail}"
         # verify: the monthly restore test of the newest complete archive
         try:
             archives = [a for a in await catalogue(self.services, target) if a.complete]
@@ -102,9 +109,13 @@ class Scheduler:
         return {"backup_id": archives[0].backup_id, "level": "restore"}
 
     async def _fire(self, conn: Any, target: str, kind: str,
-                    params: dict[str, Any] | str) -> tuple[str, UUID | None]:
+                    params: dict[str, Any] | list[dict[str, Any]] | str
+                    ) -> tuple[str, UUID | None]:
         if isinstance(params, str):
             return params, None
+        if isinstance(params, list):  # several restore tests: the slot records the first
+            fired = [await self._fire(conn, target, kind, p) for p in params]
+            return fired[0][0], fired[0][1]
         try:
             row = await jobs.insert_in(conn, SCHEDULER, kind=kind, target=target, params=params,
                                        summary=f"scheduled {kind} of {target}")

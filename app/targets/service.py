@@ -1,4 +1,5 @@
-"""Target status: configuration, last good backup and the recovery point objective."""
+"""Target status: configuration, last good backup, the recovery point objective, and the proof
+of its archives with the restore forecast (:mod:`app.targets.proof`)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from croniter import croniter
 from app.archives.suspects import suspect_count
 from app.jobs import repository as jobs_repo
 from app.resources import Resources
+from app.targets import proof
 from app.targets.rpo import good_backup, within_rpo
 from app.targets.schemas import LastBackup, Schedule, TargetList, TargetStatus
 
 log = structlog.get_logger("pgvault.targets")
 
 
-def _status(services: Resources, name: str, last: Any, now: datetime) -> TargetStatus:
+def _status(services: Resources, name: str, last: Any, now: datetime,
+            proven: dict[str, Any]) -> TargetStatus:
     cfg = services.settings.targets[name]
     dsn = cfg.parsed_dsn
     last_backup = None
@@ -40,7 +43,7 @@ def _status(services: Resources, name: str, last: Any, now: datetime) -> TargetS
         name=name, dsn=dsn.redacted(), database=dsn.database, last_backup=last_backup,
         rpo_hours=services.settings.rpo_hours, rpo_ok=rpo_ok,
         retention_days=cfg.retention_days, retention_min_backups=cfg.retention_min_backups,
-        exclude_schemas=cfg.exclude_schemas, schedules=schedules)
+        exclude_schemas=cfg.exclude_schemas, schedules=schedules, **proven)
 
 
 async def list_targets(services: Resources) -> TargetList:
@@ -48,7 +51,9 @@ async def list_targets(services: Resources) -> TargetList:
     async with services.pool.acquire() as conn:
         rows = {r["target"]: r for r in await jobs_repo.last_succeeded(conn, "backup", names)}
     now = datetime.now(UTC)
-    items = [_status(services, n, rows.get(n), now) for n in names]
+    proofs = await asyncio.gather(*(proof.status_fields(services, n, now) for n in names))
+    items = [_status(services, n, rows.get(n), now, p)
+             for n, p in zip(names, proofs, strict=True)]
     counts = await asyncio.gather(*(suspect_count(services, n) for n in names))
     for item, count in zip(items, counts, strict=True):
         item.suspect_archives = count
@@ -58,6 +63,8 @@ async def list_targets(services: Resources) -> TargetList:
 async def get_target(services: Resources, name: str) -> TargetStatus:
     async with services.pool.acquire() as conn:
         rows = await jobs_repo.last_succeeded(conn, "backup", [name])
-    status = _status(services, name, rows[0] if rows else None, datetime.now(UTC))
+    now = datetime.now(UTC)
+    status = _status(services, name, rows[0] if rows else None, now,
+                     await proof.status_fields(services, name, now))
     status.suspect_archives = await suspect_count(services, name)
     return status
