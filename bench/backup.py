@@ -14,21 +14,30 @@ On one freshly generated database of random text and jsonb it times
 
 ``--stages`` also times the pipeline's pieces by hand, to show which one dominates.
 
-Then (``--copies-rounds``, default 3; 0 skips it) one location against two (SPEC 2.15): a second
-service with ``PGVAULT_COPIES`` naming another bucket on the same S3 endpoint backs the same
-database up, alternating with the first service (primary only), and the ratio of the medians is
-printed (target: two locations at most 1.15x one).
+Then (``--copies-rounds``, default 3; 0 skips it) one location against two (SPEC 2.15): two more
+services with ``PGVAULT_COPIES`` back the same database up, alternating with the first service
+(primary only): one copies to a bucket on a second S3 endpoint (moto's server in a process of
+its own), one to a local folder. The ratios of the medians are printed (target: two locations
+at most 1.15x one), with the CPU seconds the second endpoint itself spent per backup.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,6 +46,7 @@ from bench.common import (
     BenchEnv,
     JobRun,
     Probes,
+    _free_port,
     bench_env,
     checkpoint,
     cpu_summary,
@@ -123,50 +133,94 @@ COPY_AFTER = """
 import sys, boto3
 from boto3.s3.transfer import TransferConfig
 s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")
-src, dst, prefix = sys.argv[2], sys.argv[3], sys.argv[4]
+s3_dst = boto3.client("s3", endpoint_url=sys.argv[3], region_name="us-east-1")
+src, dst, prefix = sys.argv[2], sys.argv[4], sys.argv[5]
 config = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=2)
 for obj in s3.list_objects_v2(Bucket=src, Prefix=prefix).get("Contents", []):
     body = s3.get_object(Bucket=src, Key=obj["Key"])["Body"]
-    s3.upload_fileobj(body, dst, "after/" + obj["Key"], Config=config)
+    s3_dst.upload_fileobj(body, dst, "after/" + obj["Key"], Config=config)
 """
+
+
+@contextlib.contextmanager
+def moto_process() -> Iterator[tuple[str, psutil.Process]]:
+    """A second S3 endpoint: moto's server in a process of its own (as a second location is a
+    server of its own), so that it does not share the first endpoint's interpreter."""
+    port = _free_port()
+    proc = subprocess.Popen([PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            time.sleep(0.1)
+        yield url, psutil.Process(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def copies_comparison(env: BenchEnv, rounds: int, timeout: float,
                       options: dict[str, Any]) -> dict[str, Any]:
-    """The same backup to one location and to two (the primary and an S3 copy on the same
-    endpoint), alternated so that drift in the machine's load hits both alike."""
+    """The same backup to one location and to two, alternated so that drift in the machine's
+    load hits all alike: the copy (a) in a bucket on a second S3 endpoint (moto in a process of
+    its own), (b) in a local folder."""
     import boto3
 
-    copy_bucket = f"{env.bucket}-copy"
-    boto3.client("s3", endpoint_url=env.s3_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=copy_bucket)
-    copies = json.dumps([{"name": "copy", "url": f"s3://{copy_bucket}/bench",
-                          "s3_endpoint_url": env.s3_endpoint}])
     one: list[JobRun] = []
     two: list[JobRun] = []
+    two_file: list[JobRun] = []
+    moto_cpu: list[float] = []  # CPU seconds the copy's endpoint spent per backup
     after: list[float] = []  # one location, then the archive copied from the primary
-    with second_service(env, "meta_copies", {"PGVAULT_COPIES": copies}, options) as env2:
-        for i in range(rounds):
-            for runs, where, label in ((one, env, "one location"), (two, env2, "two locations")):
-                checkpoint()
-                run = run_job(where, "/v1/targets/bench/backups", timeout=timeout)
-                if where is env2:
-                    assert run.result["copies"]["copy"]["status"] == "complete", run.result
-                runs.append(run)
-                log(f"    round {i + 1}, {label}: {run.wall_s:.2f} s "
-                    f"(service peak RSS {mb(run.rss.service_peak)})")
-                if where is env:
-                    folder = f"bench/bench/{run.result['backup_id']}/"
-                    copy_s = timed([PY, "-c", COPY_AFTER, env.s3_endpoint, env.bucket,
-                                    copy_bucket, folder])
-                    after.append(run.wall_s + copy_s)
-                    log(f"    round {i + 1}, then copied from the primary: {copy_s:.2f} s")
+    folder_copy = Path(tempfile.mkdtemp(prefix="pgvb-copy-"))
+    copy_bucket = f"{env.bucket}-copy"
+    with moto_process() as (endpoint2, moto2):
+        boto3.client("s3", endpoint_url=endpoint2, region_name="us-east-1").create_bucket(
+            Bucket=copy_bucket)
+        s3_copy = json.dumps([{"name": "copy", "url": f"s3://{copy_bucket}/bench",
+                               "s3_endpoint_url": endpoint2}])
+        file_copy = json.dumps([{"name": "copy", "url": f"file://{folder_copy}"}])
+        try:
+            with second_service(env, "meta_copies", {"PGVAULT_COPIES": s3_copy},
+                                options) as env2, \
+                    second_service(env, "meta_copies_file", {"PGVAULT_COPIES": file_copy},
+                                   options) as env3:
+                for i in range(rounds):
+                    for runs, where, label in ((one, env, "one location"),
+                                               (two, env2, "two locations (S3 copy)"),
+                                               (two_file, env3, "two locations (folder copy)")):
+                        checkpoint()
+                        cpu0 = sum(moto2.cpu_times()[:2])
+                        run = run_job(where, "/v1/targets/bench/backups", timeout=timeout)
+                        if where is not env:
+                            assert run.result["copies"]["copy"]["status"] == "complete", \
+                                run.result
+                        if where is env2:
+                            moto_cpu.append(sum(moto2.cpu_times()[:2]) - cpu0)
+                        runs.append(run)
+                        log(f"    round {i + 1}, {label}: {run.wall_s:.2f} s "
+                            f"(service peak RSS {mb(run.rss.service_peak)})")
+                        if where is env:
+                            folder = f"bench/bench/{run.result['backup_id']}/"
+                            copy_s = timed([PY, "-c", COPY_AFTER, env.s3_endpoint, env.bucket,
+                                            endpoint2, copy_bucket, folder])
+                            after.append(run.wall_s + copy_s)
+                            log(f"    round {i + 1}, then copied from the primary: "
+                                f"{copy_s:.2f} s")
+        finally:
+            shutil.rmtree(folder_copy, ignore_errors=True)
     med1 = statistics.median(r.wall_s for r in one)
     med2 = statistics.median(r.wall_s for r in two)
+    med3 = statistics.median(r.wall_s for r in two_file)
     return {"rounds": rounds, "one_location_s": [round(r.wall_s, 2) for r in one],
             "two_locations_s": [round(r.wall_s, 2) for r in two],
+            "two_locations_file_s": [round(r.wall_s, 2) for r in two_file],
             "one_location_median_s": round(med1, 2), "two_locations_median_s": round(med2, 2),
-            "ratio": round(med2 / med1, 3),
+            "two_locations_file_median_s": round(med3, 2),
+            "ratio": round(med2 / med1, 3), "file_ratio": round(med3 / med1, 3),
+            "copy_endpoint_cpu_s": round(statistics.median(moto_cpu), 2),
             "copy_after_s": [round(t, 2) for t in after],
             "copy_after_ratio": round(statistics.median(after) / med1, 3),
             "one_location_peak_rss_mb": round(max(r.rss.service_peak for r in one) / 1e6, 1),
@@ -283,6 +337,12 @@ def main() -> int:
              secs(copied["two_locations_median_s"]), "", ""),
             ("two locations / one", f"{copied['ratio']:.3f}x", "<= 1.15x",
              verdict(copied["ratio"], 1.15)),
+            ("  the copy's endpoint CPU per backup (same machine)",
+             secs(copied["copy_endpoint_cpu_s"]), "", ""),
+            (f"two locations, copy in a folder, median of {copied['rounds']}",
+             secs(copied["two_locations_file_median_s"]), "", ""),
+            ("two locations (folder copy) / one", f"{copied['file_ratio']:.3f}x", "<= 1.15x",
+             verdict(copied["file_ratio"], 1.15)),
             ("  alternative: one location, then copied (median)",
              f"{copied['copy_after_ratio']:.3f}x", "", ""),
             ("  service peak RSS, one / two locations",

@@ -133,6 +133,16 @@ async def test_a_copy_failing_mid_upload_leaves_the_backup_standing(
                 while not receiver.received and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(0.3)  # a second delivery would have come by now
+                left = s3_read(s3, places["offsite"], "mirror")
+                pending = s3_pending(s3, places["offsite"], "mirror")
+                # The copy answers again: a reconciliation fills it, and it shows complete.
+                proxy.rule = lambda method, path: None
+                resp = await c.post("/v1/targets/pagila/reconcile", json={},
+                                    headers=auth("operator"))
+                assert resp.status_code == 202, resp.text
+                mended = await wait_job(c, resp.json()["id"])
+                relisted = (await c.get("/v1/targets/pagila/archives",
+                                        headers=auth("viewer"))).json()
         assert parts["n"] > 1, "the copy's dump upload never reached the proxy"
     finally:
         receiver.server.shutdown()
@@ -152,11 +162,18 @@ async def test_a_copy_failing_mid_upload_leaves_the_backup_standing(
         "summary": receiver.received[0][1]["summary"]}]
     assert "offsite" in receiver.received[0][1]["summary"]
     # Nothing of the archive left in the failed copy: no object, no open upload.
-    assert s3_read(s3, places["offsite"], "mirror") == {}
-    assert s3_pending(s3, places["offsite"], "mirror") == []
+    assert left == {}
+    assert pending == []
     assert 'pgvault_archive_copies{location="offsite",status="missing",target="pagila"} 1.0' \
         in metrics
     assert 'pgvault_copy_failures_total{location="offsite",target="pagila"}' in metrics
+    assert mended["status"] == "succeeded", mended
+    assert mended["result"]["archives"][backup_id]["offsite"]["found"] == "missing"
+    assert mended["result"]["archives"][backup_id]["offsite"]["repaired"] is True
+    item = next(a for a in relisted["items"] if a["backup_id"] == backup_id)
+    assert item["copies"]["offsite"]["status"] == "complete"
+    repaired = s3_read(s3, places["offsite"], "mirror")
+    assert any(k.endswith(f"{backup_id}/manifest.json") for k in repaired), repaired
 
 
 async def test_a_lost_primary_is_recovered_from_a_copy(
