@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -83,6 +84,19 @@ def _plain(key: str) -> bool:
     return True
 
 
+class _PartBody(io.BytesIO):
+    """A part's bytes as the file botocore wants, without a copy: a BytesIO shares the bytes it
+    was given until ``getbuffer()`` is called, which aiohttp does (to learn the size), making a
+    private 8 MiB copy of every part in flight; this one answers with a view of those bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._data = data
+
+    def getbuffer(self) -> memoryview:
+        return memoryview(self._data)
+
+
 class S3Upload:
     def __init__(self, client: Any, bucket: str, key: str, full_key: str, upload_id: str,
                  concurrency: int, lock: dict[str, Any] | None = None) -> None:
@@ -110,7 +124,7 @@ class S3Upload:
                      if self._lock else {})
             resp = await self._client.upload_part(
                 Bucket=self._bucket, Key=self._full_key, UploadId=self.upload_id,
-                PartNumber=number, Body=data, **extra,
+                PartNumber=number, Body=_PartBody(data), **extra,
             )
             return {"PartNumber": number, "ETag": resp["ETag"]}
         except (BotoCoreError, ClientError) as exc:
