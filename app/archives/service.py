@@ -354,6 +354,13 @@ async def _delete_archive(services: Resources, caller: Principal, target: str,
         raise Conflict(f"deleting {backup_id} would leave {len(good) - 1} good archive(s); "
                        f"target {target} keeps at least {minimum}")
     held = await removal.holdings(services, target, backup_id)
+    whole = removal.manifest_only_in_copies(held, target, backup_id)
+    if whole:
+        # As in retention: "incomplete" on the primary only because it lost its manifest;
+        # deleting it everywhere would destroy the copy that holds the archive whole.
+        raise Conflict(f"archive {backup_id} has no manifest in the primary storage but "
+                       f"location {whole} holds it: repair it first (POST /v1/targets/{target}"
+                       "/reconcile), then delete it")
     lock = await removal.lock_end(held, backup_id)
     if lock is not None:
         async with services.pool.acquire() as conn:

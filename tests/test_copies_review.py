@@ -1,0 +1,88 @@
+"""Deletion and repair across locations must not destroy what only a copy holds, and leave
+nothing behind in a copy (SPEC 2.15): an adversarial review's cases, on moto over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+from tests.conftest import auth, backup, running_app, wait_job
+from tests.test_copies import new_bucket, s3_pending
+
+
+def _keys(s3: Any, bucket: str, prefix: str) -> dict[str, bytes]:
+    resp = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            for o in resp.get("Contents", [])}
+
+
+def _settings(make_settings: Any, s3: Any, s3_endpoint: str, **kw: Any) -> tuple[Any, str, str]:
+    primary, offsite = new_bucket(s3, "rvp"), new_bucket(s3, "rvc")
+    copies = [{"name": "offsite", "url": f"s3://{offsite}/mirror", "s3_endpoint_url": s3_endpoint}]
+    return (make_settings(storage_url=f"s3://{primary}/archives", copies=copies, **kw),
+            primary, offsite)
+
+
+async def _job(c: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    resp = await c.post(path, json=body, headers=auth("admin"))
+    assert resp.status_code == 202, resp.text
+    job = await wait_job(c, resp.json()["id"])
+    assert job["status"] == "succeeded", job
+    return job
+
+
+async def test_copies_lose_neither_the_archive_nor_their_stale_uploads(
+        make_settings: Any, s3: Any, s3_endpoint: str) -> None:
+    settings, primary, offsite = _settings(make_settings, s3, s3_endpoint,
+                                           incomplete_grace_hours=0.0001)
+    async with running_app(settings) as c:
+        bid = (await backup(c))["result"]["backup_id"]
+
+        # A worker killed mid-backup left a multipart upload open in the copy: retention aborts
+        # it as it does the primary's.
+        stale = "mirror/pagila/20200101T000000Z-stale0/database.dump.zst.gpg"
+        s3.create_multipart_upload(Bucket=offsite, Key=stale)
+        await asyncio.sleep(1.0)
+        job = await _job(c, "/v1/targets/pagila/retention", {"dry_run": False})
+        aborted = job["result"]["uploads_aborted"]
+        assert [(u["key"], u["location"]) for u in aborted] == [
+            (stale.removeprefix("mirror/"), "offsite")], job["result"]
+        assert s3_pending(s3, offsite, "mirror") == []
+
+        # The primary lost the archive's manifest; the copy holds the archive whole. DELETE of
+        # "the incomplete archive" must not destroy the copy.
+        s3.delete_object(Bucket=primary, Key=f"archives/pagila/{bid}/manifest.json")
+        held = _keys(s3, offsite, f"mirror/pagila/{bid}/")
+        resp = await c.delete(f"/v1/targets/pagila/archives/{bid}", headers=auth("admin"))
+        assert resp.status_code == 409, resp.text
+        assert "offsite" in resp.json()["detail"]
+        assert _keys(s3, offsite, f"mirror/pagila/{bid}/") == held
+
+
+async def test_reconcile_never_overwrites_a_copy_that_holds_its_own_archive(
+        make_settings: Any, s3: Any, s3_endpoint: str) -> None:
+    settings, _, offsite = _settings(make_settings, s3, s3_endpoint)
+    async with running_app(settings) as c:
+        bid = (await backup(c))["result"]["backup_id"]
+        # The copy holds a self-consistent archive of this id whose globals differ from the
+        # primary's (rewritten elsewhere, or the primary's is the wrong one): the copy's
+        # manifest vouches for its objects. Reconciliation cannot know which is right and must
+        # not destroy either.
+        folder = f"mirror/pagila/{bid}/"
+        doc = json.loads(s3.get_object(Bucket=offsite, Key=folder + "manifest.json")["Body"]
+                         .read())
+        entry = next(o for o in doc["objects"] if o["key"].startswith("globals"))
+        theirs = s3.get_object(Bucket=offsite, Key=folder + entry["key"])["Body"].read() + b"x"
+        entry.update(size_bytes=len(theirs), sha256=hashlib.sha256(theirs).hexdigest())
+        s3.put_object(Bucket=offsite, Key=folder + entry["key"], Body=theirs)
+        s3.put_object(Bucket=offsite, Key=folder + "manifest.json", Body=json.dumps(doc).encode())
+        before = _keys(s3, offsite, folder)
+
+        for deep in (False, True):
+            job = await _job(c, "/v1/targets/pagila/reconcile", {"deep": deep})
+            found = job["result"]["archives"][bid]["offsite"]
+            assert found["repaired"] is False and "own manifest" in found["detail"], found
+            assert _keys(s3, offsite, folder) == before
+        assert job["result"]["archives"][bid]["primary"]["found"] == "complete"
