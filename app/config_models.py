@@ -27,6 +27,15 @@ def check_storage_url(value: str) -> str:
     return value
 
 
+def same_place(url: str, endpoint: str | None) -> tuple[str, ...]:
+    """What identifies a storage location: two locations with the same are one place (a folder
+    through its links resolved), whatever their names."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return ("file", os.path.realpath(parts.path))
+    return ("s3", (endpoint or "").rstrip("/"), parts.netloc, parts.path.strip("/"))
+
+
 def check_lockable(days: int | None, info: ValidationInfo, url_field: str) -> int | None:
     """Object Lock is an S3 feature: a local folder cannot hold an object against deletion."""
     url = info.data.get(url_field)

@@ -8,6 +8,9 @@ import hashlib
 import json
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from tests.conftest import auth, backup, running_app, wait_job
 from tests.test_copies import new_bucket, s3_pending
 
@@ -86,3 +89,21 @@ async def test_reconcile_never_overwrites_a_copy_that_holds_its_own_archive(
             assert found["repaired"] is False and "own manifest" in found["detail"], found
             assert _keys(s3, offsite, folder) == before
         assert job["result"]["archives"][bid]["primary"]["found"] == "complete"
+
+
+def test_a_copy_that_is_the_primary_under_another_name_is_refused(
+        make_settings: Any, s3_endpoint: str, bucket: str, tmp_path: Any) -> None:
+    """A "copy" at the primary's own place is no copy: the backup would report two locations,
+    and a failure of the "copy" deletes its objects, which are the primary's."""
+    with pytest.raises(ValidationError, match="same place as the primary"):
+        make_settings(copies=[{"name": "again", "url": f"s3://{bucket}/archives/",
+                               "s3_endpoint_url": s3_endpoint}])
+    folder = tmp_path / "vault"
+    folder.mkdir()
+    (tmp_path / "nas").symlink_to(folder)
+    with pytest.raises(ValidationError, match="same place as copy one"):
+        make_settings(copies=[{"name": "one", "url": f"file://{folder}"},
+                              {"name": "two", "url": f"file://{tmp_path}/nas"}])
+    # Same bucket and prefix on another endpoint is another place.
+    make_settings(copies=[{"name": "elsewhere", "url": f"s3://{bucket}/archives",
+                           "s3_endpoint_url": "http://127.0.0.1:1"}])
