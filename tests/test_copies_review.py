@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from app.archives import holdings
 from tests.conftest import auth, backup, running_app, wait_job
+from tests.faults import FaultyProxy
 from tests.test_copies import new_bucket, s3_pending
 
 
@@ -107,3 +110,29 @@ def test_a_copy_that_is_the_primary_under_another_name_is_refused(
     # Same bucket and prefix on another endpoint is another place.
     make_settings(copies=[{"name": "elsewhere", "url": f"s3://{bucket}/archives",
                            "s3_endpoint_url": "http://127.0.0.1:1"}])
+
+
+async def test_a_copy_that_does_not_answer_does_not_hold_the_listing(
+        make_settings: Any, s3: Any, s3_endpoint: str, monkeypatch: Any) -> None:
+    """Two archives the primary holds short: the catalogue asks the copies about them. A copy
+    that does not answer (a blackholed endpoint waits 10 s per connect, four times) must cost
+    the listing one bounded wait, not one per archive, or the listing and /metrics time out."""
+    monkeypatch.setattr(holdings, "LIST_TIMEOUT_S", 0.5)
+    primary, offsite = new_bucket(s3, "rvp"), new_bucket(s3, "rvc")
+    with FaultyProxy(s3_endpoint) as proxy:
+        settings = make_settings(storage_url=f"s3://{primary}/archives", copies=[
+            {"name": "offsite", "url": f"s3://{offsite}/mirror", "s3_endpoint_url": proxy.url}])
+        async with running_app(settings) as c:
+            ids = [(await backup(c))["result"]["backup_id"] for _ in range(2)]
+            for bid in ids:
+                s3.delete_object(Bucket=primary, Key=f"archives/pagila/{bid}/globals.sql.zst.gpg")
+            proxy.rule = lambda method, path: 2.0 if "list-type=2" in path else None
+            started = time.monotonic()
+            resp = await c.get("/v1/targets/pagila/archives", headers=auth("viewer"))
+            took = time.monotonic() - started
+    assert resp.status_code == 200, resp.text
+    assert took < 1.8, took
+    shown = {a["backup_id"]: a for a in resp.json()["items"]}
+    for bid in ids:  # kept, not restored, not counted good: nobody can tell
+        assert shown[bid]["status"] == "unreadable", shown[bid]
+        assert "offsite" in shown[bid]["reason"]

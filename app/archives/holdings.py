@@ -11,10 +11,15 @@ is shown ``unreadable`` (kept, never restored, never counted as good) until the 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from app.backup import manifest as mf
 from app.integrations.storage import Location, ObjectInfo, StorageError
+
+# How long the catalogue waits for a copy's listing (a copy that does not answer must not hold
+# the primary's listing, or the /metrics scrape that reads it, LIST_TIMEOUT_S in app.health).
+LIST_TIMEOUT_S = 3.0
 
 
 def short_objects(objects: list[ObjectInfo], doc: mf.Manifest) -> list[str]:
@@ -38,16 +43,27 @@ class Verdict:
 
 
 async def judge(copies: list[Location], target: str, backup_id: str, doc: mf.Manifest,
-                primary_objects: list[ObjectInfo]) -> Verdict | None:
-    """None when the archive is not restorable from any copy (or no copy is configured)."""
+                primary_objects: list[ObjectInfo],
+                down: dict[str, str] | None = None) -> Verdict | None:
+    """None when the archive is not restorable from any copy (or no copy is configured).
+    ``down``: copies that failed to answer earlier in the same listing (name -> why), not asked
+    again, and where a failure now is noted: a copy that does not answer costs one
+    :data:`LIST_TIMEOUT_S`, not one per archive, so a listing (and ``/metrics``) still answers."""
+    down = {} if down is None else down
     short = short_objects(primary_objects, doc)
     what = f"{', '.join(short[:3])} {'is' if len(short) == 1 else 'are'} missing or short"
     unreachable: list[str] = []
     for location in copies:
+        if location.name in down:
+            unreachable.append(f"{location.name} ({down[location.name]})")
+            continue
         try:
-            listed = await location.storage.list_objects(mf.archive_prefix(target, backup_id))
-        except StorageError as exc:
-            unreachable.append(f"{location.name} ({exc})")
+            listed = await asyncio.wait_for(
+                location.storage.list_objects(mf.archive_prefix(target, backup_id)),
+                LIST_TIMEOUT_S)
+        except (StorageError, TimeoutError) as exc:
+            down[location.name] = str(exc) or f"no answer within {LIST_TIMEOUT_S:g} s"
+            unreachable.append(f"{location.name} ({down[location.name]})")
             continue
         if holds_whole(listed, doc):
             return Verdict(degraded=f"{what} on the primary; copy {location.name} holds the "

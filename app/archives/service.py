@@ -145,11 +145,12 @@ async def _copy_verdicts(services: Resources, target: str, grouped: dict[str, li
     """For archives with a manifest that the primary holds short: whether a copy holds them
     whole (see :mod:`app.archives.holdings`); nothing is asked of copies otherwise."""
     found = {}
+    down: dict[str, str] = {}  # copies that did not answer: asked once per listing
     for backup_id, doc in docs.items():
         if services.copies and isinstance(doc, mf.Manifest) \
                 and holdings.short_objects(grouped[backup_id], doc):
             verdict = await holdings.judge(services.copies, target, backup_id, doc,
-                                           grouped[backup_id])
+                                           grouped[backup_id], down)
             if verdict is not None:
                 found[backup_id] = verdict
     return found
