@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.archives import holdings
-from tests.conftest import auth, backup, running_app, wait_job
+from tests.conftest import auth, backup, dsn, running_app, wait_job
 from tests.faults import FaultyProxy
 from tests.test_copies import new_bucket, s3_pending
 
@@ -136,3 +136,27 @@ async def test_a_copy_that_does_not_answer_does_not_hold_the_listing(
     for bid in ids:  # kept, not restored, not counted good: nobody can tell
         assert shown[bid]["status"] == "unreadable", shown[bid]
         assert "offsite" in shown[bid]["reason"]
+
+
+async def test_an_archive_whose_objects_are_spread_over_locations_is_kept_and_verifies(
+        make_settings: Any, s3: Any, s3_endpoint: str, pagila_db: str) -> None:
+    """The primary lost the globals, the copy lost the dump: restores read each object from the
+    first location holding it, so the archive is whole. Retention deleted it as incomplete,
+    in every location, though it was the newest (and only) restorable archive."""
+    settings, primary, offsite = _settings(
+        make_settings, s3, s3_endpoint, incomplete_grace_hours=0.0001,
+        targets={"pagila": {"dsn": dsn(pagila_db), "retention_min_backups": 1}})
+    async with running_app(settings) as c:
+        bid = (await backup(c))["result"]["backup_id"]
+        s3.delete_object(Bucket=primary, Key=f"archives/pagila/{bid}/globals.sql.zst.gpg")
+        s3.delete_object(Bucket=offsite, Key=f"mirror/pagila/{bid}/database.dump.zst.gpg")
+        await asyncio.sleep(0.5)
+        job = await _job(c, "/v1/targets/pagila/retention", {"dry_run": False})
+        assert not job["result"]["deleted"], job["result"]
+        assert _keys(s3, primary, f"archives/pagila/{bid}/")
+        shown = (await c.get(f"/v1/targets/pagila/archives/{bid}", headers=auth("viewer"))).json()
+        assert shown["status"] == "complete" and "offsite" in shown["degraded"], shown
+        verify = await _job(c, f"/v1/targets/pagila/archives/{bid}/verify", {"level": "checksum"})
+        sources = verify["result"]["sources"]
+        assert sources["globals.sql.zst.gpg"] == "offsite", sources
+        assert sources["database.dump.zst.gpg"] == "primary", sources

@@ -2,8 +2,9 @@
 manifest lists, at the manifest's size, and the manifest itself.
 
 The catalogue asks only about archives whose manifest is on the primary but one of whose objects
-is missing or short there: such an archive is still restorable when a copy holds it whole
-(restores and verifications read that object from the copy, app/restore/fetch.py), so it is
+is missing or short there: such an archive is still restorable when a copy holds it whole, or
+the copies between them hold every object the primary lacks (restores and verifications read
+each object from the first location holding it intact, app/restore/fetch.py), so it is
 listed as ``complete`` with a ``degraded`` note instead of ``incomplete``, and retention, which
 deletes incomplete archives, keeps it. When no copy could be listed, nobody can tell: the archive
 is shown ``unreadable`` (kept, never restored, never counted as good) until the copy answers.
@@ -53,6 +54,8 @@ async def judge(copies: list[Location], target: str, backup_id: str, doc: mf.Man
     short = short_objects(primary_objects, doc)
     what = f"{', '.join(short[:3])} {'is' if len(short) == 1 else 'are'} missing or short"
     unreachable: list[str] = []
+    sizes = {obj.key: obj.size_bytes for obj in doc.objects}
+    lacking, holders = set(short), []  # what no copy asked so far holds at its size; who does
     for location in copies:
         if location.name in down:
             unreachable.append(f"{location.name} ({down[location.name]})")
@@ -69,6 +72,17 @@ async def judge(copies: list[Location], target: str, backup_id: str, doc: mf.Man
             return Verdict(degraded=f"{what} on the primary; copy {location.name} holds the "
                                     "archive whole: restores read it from there, and a "
                                     "reconcile job repairs the primary")
+        # Restores read each object from the first location holding it intact: objects spread
+        # over several copies restore as well as one copy holding them all.
+        held = {o.key.split("/", 2)[-1]: o.size for o in listed if o.usable}
+        covered = {k for k in lacking if held.get(k) == sizes[k]}
+        if covered:
+            holders.append(location.name)
+            lacking -= covered
+    if not lacking:
+        return Verdict(degraded=f"{what} on the primary; copies {', '.join(holders)} hold "
+                                "them: restores read them from there, and a reconcile job "
+                                "repairs the primary")
     if unreachable:
         return Verdict(reason=f"{what} on the primary and copy {', '.join(unreachable)} could "
                               "not be listed: cannot tell whether a copy holds it")
