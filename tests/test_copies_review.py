@@ -160,3 +160,15 @@ async def test_an_archive_whose_objects_are_spread_over_locations_is_kept_and_ve
         sources = verify["result"]["sources"]
         assert sources["globals.sql.zst.gpg"] == "offsite", sources
         assert sources["database.dump.zst.gpg"] == "primary", sources
+
+
+async def test_credentials_in_a_storage_url_are_refused(make_settings: Any, bucket: str) -> None:
+    """s3://KEY:SECRET@bucket was accepted, the whole "KEY:SECRET@bucket" taken as the bucket
+    name, and bucket names are shown: /readyz (to anyone) said "S3 access to bucket KEY:SECRET@
+    ... failed"."""
+    url = f"s3://AKIAREVIEW:sekrit-{bucket}@{bucket}/archives"
+    with pytest.raises(ValidationError) as caught:
+        make_settings(copies=[{"name": "inline", "url": url}])
+    assert "credentials" in str(caught.value)
+    with pytest.raises(ValidationError):
+        make_settings(storage_url=url)
