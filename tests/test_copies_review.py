@@ -172,3 +172,22 @@ async def test_credentials_in_a_storage_url_are_refused(make_settings: Any, buck
     assert "credentials" in str(caught.value)
     with pytest.raises(ValidationError):
         make_settings(storage_url=url)
+
+
+async def test_a_copy_dropped_after_its_object_landed_keeps_nothing_of_it(
+        make_settings: Any, s3: Any, s3_endpoint: str) -> None:
+    """A locked copy whose upload completed but whose lock could not be set (the retention read
+    back fails): the copy is dropped, and its object -- whole, unlocked, in a location the
+    operator believes immutable, under no manifest -- must go with it."""
+    primary, offsite = new_bucket(s3, "rvp"), f"pgv-rvl-{time.time_ns() % 10**8}"
+    s3.create_bucket(Bucket=offsite, ObjectLockEnabledForBucket=True)
+    with FaultyProxy(s3_endpoint) as proxy:
+        settings = make_settings(storage_url=f"s3://{primary}/archives", copies=[
+            {"name": "vault", "url": f"s3://{offsite}/mirror", "s3_endpoint_url": proxy.url,
+             "object_lock_days": 1}])
+        async with running_app(settings) as c:
+            proxy.rule = lambda method, path: 500 if method == "HEAD" else None
+            job = await backup(c)
+    assert job["result"]["copies"]["vault"]["status"] == "missing", job["result"]
+    left = s3.list_objects_v2(Bucket=offsite, Prefix="mirror/").get("Contents", [])
+    assert [o["Key"] for o in left] == []
