@@ -186,7 +186,7 @@ async def test_a_copy_dropped_after_its_object_landed_keeps_nothing_of_it(
             {"name": "vault", "url": f"s3://{offsite}/mirror", "s3_endpoint_url": proxy.url,
              "object_lock_days": 1}])
         async with running_app(settings) as c:
-            proxy.rule = lambda method, path: 500 if method == "HEAD" else None
+            proxy.rule = lambda method, path: 403 if method == "HEAD" else None
             job = await backup(c)
     assert job["result"]["copies"]["vault"]["status"] == "missing", job["result"]
     left = s3.list_objects_v2(Bucket=offsite, Prefix="mirror/").get("Contents", [])
