@@ -130,6 +130,11 @@ async def test_a_copy_that_does_not_answer_does_not_hold_the_listing(
             started = time.monotonic()
             resp = await c.get("/v1/targets/pagila/archives", headers=auth("viewer"))
             took = time.monotonic() - started
+            # A verification (as a restore) waits for the slow copy it needs: not refused.
+            proxy.rule = lambda method, path: 1.0 if "list-type=2" in path else None
+            verify = await _job(c, f"/v1/targets/pagila/archives/{ids[0]}/verify",
+                                {"level": "checksum"})
+            assert verify["result"]["sources"]["globals.sql.zst.gpg"] == "offsite"
     assert resp.status_code == 200, resp.text
     assert took < 1.8, took
     shown = {a["backup_id"]: a for a in resp.json()["items"]}

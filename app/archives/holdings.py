@@ -49,7 +49,10 @@ async def judge(copies: list[Location], target: str, backup_id: str, doc: mf.Man
     """None when the archive is not restorable from any copy (or no copy is configured).
     ``down``: copies that failed to answer earlier in the same listing (name -> why), not asked
     again, and where a failure now is noted: a copy that does not answer costs one
-    :data:`LIST_TIMEOUT_S`, not one per archive, so a listing (and ``/metrics``) still answers."""
+    :data:`LIST_TIMEOUT_S`, not one per archive, so a listing (and ``/metrics``) still answers.
+    Without ``down`` (a restore deciding whether it may read the archive) copies are waited for:
+    a slow copy must not refuse the restore that needs it."""
+    timeout = None if down is None else LIST_TIMEOUT_S
     down = {} if down is None else down
     short = short_objects(primary_objects, doc)
     what = f"{', '.join(short[:3])} {'is' if len(short) == 1 else 'are'} missing or short"
@@ -62,8 +65,7 @@ async def judge(copies: list[Location], target: str, backup_id: str, doc: mf.Man
             continue
         try:
             listed = await asyncio.wait_for(
-                location.storage.list_objects(mf.archive_prefix(target, backup_id)),
-                LIST_TIMEOUT_S)
+                location.storage.list_objects(mf.archive_prefix(target, backup_id)), timeout)
         except (StorageError, TimeoutError) as exc:
             down[location.name] = str(exc) or f"no answer within {LIST_TIMEOUT_S:g} s"
             unreachable.append(f"{location.name} ({down[location.name]})")
