@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.archives import holdings
+from app.archives import holdings, removal
 from tests.conftest import auth, backup, dsn, running_app, wait_job
 from tests.faults import FaultyProxy
 from tests.test_copies import new_bucket, s3_pending
@@ -180,7 +180,7 @@ async def test_credentials_in_a_storage_url_are_refused(make_settings: Any, buck
 
 
 async def test_a_copy_dropped_after_its_object_landed_keeps_nothing_of_it(
-        make_settings: Any, s3: Any, s3_endpoint: str) -> None:
+        make_settings: Any, s3: Any, s3_endpoint: str, monkeypatch: Any) -> None:
     """A locked copy whose upload completed but whose lock could not be set (the retention read
     back fails): the copy is dropped, and its object -- whole, unlocked, in a location the
     operator believes immutable, under no manifest -- must go with it."""
@@ -193,6 +193,15 @@ async def test_a_copy_dropped_after_its_object_landed_keeps_nothing_of_it(
         async with running_app(settings) as c:
             proxy.rule = lambda method, path: 403 if method == "HEAD" else None
             job = await backup(c)
+            # Archive detail reads the locked copy's lock: a copy that does not answer must not
+            # hold the answer (it waited up to four connect timeouts).
+            monkeypatch.setattr(removal, "LOCK_READ_TIMEOUT_S", 0.3)
+            proxy.rule = lambda method, path: 1.5 if "list-type=2" in path else None
+            started = time.monotonic()
+            detail = await c.get(f"/v1/targets/pagila/archives/{job['result']['backup_id']}",
+                                 headers=auth("viewer"))
+            took = time.monotonic() - started
+    assert detail.status_code == 200 and took < 1.2, (detail.text, took)
     assert job["result"]["copies"]["vault"]["status"] == "missing", job["result"]
     left = s3.list_objects_v2(Bucket=offsite, Prefix="mirror/").get("Contents", [])
     assert [o["Key"] for o in left] == []
