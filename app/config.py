@@ -32,6 +32,7 @@ from app.config_models import (
     ObjectLockMode,
     check_lockable,
     check_storage_url,
+    same_place,
 )
 from app.dsn import PgDsn as PgDsn  # the DSN type, re-exported where settings use it
 
@@ -283,6 +284,18 @@ class Settings(BaseSettings):
         if set(value) != {1, 2, 3} or any(v <= 0 for v in value.values()):
             raise ValueError("rto_hours needs positive hours for severities 1, 2 and 3")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_locations(self) -> Settings:
+        # A copy that is the primary (or another copy) under a second name is no copy, and a
+        # failing "copy" would delete the primary's objects as its own (SPEC 2.15).
+        seen = {same_place(self.storage_url, self.s3_endpoint_url): "the primary storage"}
+        for copy in self.copies:
+            place = same_place(copy.url, copy.s3_endpoint_url)
+            if place in seen:
+                raise ValueError(f"copy {copy.name} is the same place as {seen[place]}")
+            seen[place] = f"copy {copy.name}"
+        return self
 
     @model_validator(mode="after")
     def _unique_tokens(self) -> Settings:

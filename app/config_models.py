@@ -16,6 +16,12 @@ ObjectLockMode = Literal["governance", "compliance"]
 
 def check_storage_url(value: str) -> str:
     parts = urlsplit(value)
+    if "@" in parts.netloc:
+        # s3://KEY:SECRET@bucket would be taken as a bucket name, and bucket names are shown
+        # (/readyz, errors, start-up lines): credentials go in variables, never in a URL.
+        raise ValueError("the URL must not hold credentials (user:secret@): S3 credentials "
+                         "come from the AWS variables, or for a copy from the variables "
+                         "access_key_id_env and secret_access_key_env name")
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ValueError("s3:// URL needs a bucket: s3://bucket/prefix")
@@ -25,6 +31,15 @@ def check_storage_url(value: str) -> str:
     else:
         raise ValueError("must start with s3:// or file://")
     return value
+
+
+def same_place(url: str, endpoint: str | None) -> tuple[str, ...]:
+    """What identifies a storage location: two locations with the same are one place (a folder
+    through its links resolved), whatever their names."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return ("file", os.path.realpath(parts.path))
+    return ("s3", (endpoint or "").rstrip("/"), parts.netloc, parts.path.strip("/"))
 
 
 def check_lockable(days: int | None, info: ValidationInfo, url_field: str) -> int | None:

@@ -265,6 +265,8 @@ async def _repair(ctx: JobContext, io: Io, ref: _Reference, location: Location,
             await ref.location.storage.get(mf.manifest_key(target, backup_id))
         except (KeyError, StorageError) as exc:
             return f"the reference manifest in {ref.location.name} is gone or unreadable ({exc})"
+        if (conflict := await _own_archive(ref, location)) is not None:
+            return conflict
         for key in state.bad:
             sources = _sources(ctx.services.locations, location, key, found)
             refusals = []
@@ -289,6 +291,29 @@ async def _repair(ctx: JobContext, io: Io, ref: _Reference, location: Location,
     ctx.log.info("reconcile_repaired", backup_id=backup_id, location=location.name,
                  objects=len(state.bad))
     return None
+
+
+async def _own_archive(ref: _Reference, location: Location) -> str | None:
+    """Why the location must not be written: it holds its own manifest of this archive, listing
+    other objects (sizes, hashes) than the reference. Its objects may be exactly what that
+    manifest says: which of the two archives is the right one is not pgvault's to guess, and
+    overwriting would destroy the other. None when it has no such manifest (or an unreadable
+    one, which vouches for nothing)."""
+    if location is ref.location:
+        return None
+    try:
+        raw = await location.storage.get(mf.manifest_key(ref.doc.target, ref.doc.backup_id))
+        theirs = _check_manifest(raw, ref.doc.target, ref.doc.backup_id)
+    except KeyError:
+        return None
+    except ArchiveUnreadable:
+        return None
+    except StorageError as exc:
+        return f"its manifest could not be read ({exc})"
+    if _listing(theirs) == _listing(ref.doc):
+        return None
+    return (f"it holds its own manifest of this archive, listing other objects than "
+            f"{ref.location.name}'s: nothing overwritten, a human decides which is right")
 
 
 def _sources(locations: list[Location], dest: Location, key: str,

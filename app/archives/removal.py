@@ -34,6 +34,9 @@ from app.steps import Step
 
 log = structlog.get_logger("pgvault.archives")
 
+# How long archive detail waits for a locked location's lock (as holdings.LIST_TIMEOUT_S).
+LOCK_READ_TIMEOUT_S = 3.0
+
 
 @dataclass(frozen=True)
 class Held:
@@ -106,19 +109,25 @@ async def lock_end(held: list[Held], backup_id: str) -> Lock | None:
 async def shown_lock(services: Resources, target: str, backup_id: str,
                      primary_keys: list[str]) -> datetime | None:
     """For archive detail: the lock end in the locations configured with ``object_lock_days``
-    (no request at all without one); a location that cannot be read now is left out."""
+    (no request at all without one); a location that cannot be read now (or within
+    ``LOCK_READ_TIMEOUT_S``: a copy that does not answer must not hold the answer) is left
+    out."""
     latest: datetime | None = None
     prefix = mf.archive_prefix(target, backup_id)
+
+    async def read(location: Location) -> datetime | None:
+        keys = primary_keys if location.primary else [
+            o.key for o in await location.storage.list_objects(prefix)]
+        return await location.storage.locked_until(keys) if keys else None
+
     for location in services.locations:
         if location.object_lock_days is None:
             continue
         try:
-            keys = primary_keys if location.primary else [
-                o.key for o in await location.storage.list_objects(prefix)]
-            until = await location.storage.locked_until(keys) if keys else None
-        except StorageError as exc:
+            until = await asyncio.wait_for(read(location), LOCK_READ_TIMEOUT_S)
+        except (StorageError, TimeoutError) as exc:
             log.warning("lock_unread", location=location.name, backup_id=backup_id,
-                        reason=str(exc))
+                        reason=str(exc) or type(exc).__name__)
             continue
         if until is not None and (latest is None or until > latest):
             latest = until

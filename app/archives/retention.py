@@ -22,6 +22,8 @@ from typing import Any
 from app.archives import removal
 from app.archives.schemas import Archive
 from app.archives.service import catalogue, deletions_locked, is_good
+from app.integrations.storage import Location, StorageError
+from app.integrations.storage.base import PendingUpload
 from app.jobs import repository as jobs_repo
 from app.jobs.context import JobContext
 from app.resources import Resources
@@ -93,7 +95,7 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
     delete, locked, held = await _unlocked(services, ctx.target, delete)
     keep += locked
     n_locked = sum(1 for item in locked if item.get("locked_until"))
-    uploads = [u for u in await services.storage.pending_uploads(f"{ctx.target}/")
+    uploads = [(loc, u) for loc, pending in await _pending_uploads(ctx) for u in pending
                if u.started < now - grace
                and not (busy_prefix and u.key.startswith(busy_prefix))]
     if not dry_run:
@@ -101,13 +103,14 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
         for i, item in enumerate(delete, 1):
             await removal.remove(services, ctx.target, item["backup_id"], held[item["backup_id"]])
             ctx.progress(bytes_done=i)
-        for upload in uploads:
-            await services.storage.abort_upload(upload.key, upload.upload_id)
+        for location, upload in uploads:
+            await location.storage.abort_upload(upload.key, upload.upload_id)
     result = {
         "dry_run": dry_run,
         "deleted": delete,
         "kept": keep,
-        "uploads_aborted": [{"key": u.key, "started": u.started.isoformat()} for u in uploads],
+        "uploads_aborted": [{"key": u.key, "started": u.started.isoformat(),
+                             "location": loc.name} for loc, u in uploads],
         "retention_days": target.retention_days,
         "retention_min_backups": target.retention_min_backups,
     }
@@ -116,6 +119,21 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
                f"{f' ({n_locked} under Object Lock)' if n_locked else ''}, "
                f"{'would abort' if dry_run else 'aborted'} {len(uploads)} stale upload(s)")
     return result, summary
+
+
+async def _pending_uploads(ctx: JobContext) -> list[tuple[Location, list[PendingUpload]]]:
+    """Open uploads in every location: a copy's are left behind as a primary's are (a worker
+    killed mid-backup, a reaper that could not reach the copy). The primary's listing failing
+    fails the run as before; a copy that cannot be listed now is skipped (and logged)."""
+    found = []
+    for location in ctx.services.locations:
+        try:
+            found.append((location, await location.storage.pending_uploads(f"{ctx.target}/")))
+        except StorageError as exc:
+            if location.primary:
+                raise
+            ctx.log.warning("copy_uploads_unlisted", location=location.name, reason=str(exc))
+    return found
 
 
 async def _unlocked(services: Resources, target: str, delete: list[dict[str, Any]],

@@ -110,7 +110,8 @@ async def usable_manifest(services: Resources, target: str, backup_id: str) -> m
         objects = await services.storage.list_objects(mf.archive_prefix(target, backup_id))
     except StorageError as exc:
         raise _storage_failed(Step.LIST_ARCHIVE, str(exc), exc) from None
-    verdicts = await _copy_verdicts(services, target, {backup_id: objects}, {backup_id: doc})
+    verdicts = await _copy_verdicts(services, target, {backup_id: objects}, {backup_id: doc},
+                                    patient=True)
     archive = _archive(target, backup_id, objects, doc, None, copies=verdicts.get(backup_id))
     if archive.reason is not None:
         raise ArchiveUnreadable(f"archive {backup_id} is unreadable: {archive.reason}")
@@ -141,15 +142,17 @@ def _dated(backup_id: str) -> bool:
 
 
 async def _copy_verdicts(services: Resources, target: str, grouped: dict[str, list[ObjectInfo]],
-                         docs: dict[str, mf.Manifest | str | None]) -> dict[str, holdings.Verdict]:
+                         docs: dict[str, mf.Manifest | str | None], *,
+                         patient: bool = False) -> dict[str, holdings.Verdict]:
     """For archives with a manifest that the primary holds short: whether a copy holds them
     whole (see :mod:`app.archives.holdings`); nothing is asked of copies otherwise."""
     found = {}
+    down: dict[str, str] | None = None if patient else {}  # see holdings.judge
     for backup_id, doc in docs.items():
         if services.copies and isinstance(doc, mf.Manifest) \
                 and holdings.short_objects(grouped[backup_id], doc):
             verdict = await holdings.judge(services.copies, target, backup_id, doc,
-                                           grouped[backup_id])
+                                           grouped[backup_id], down)
             if verdict is not None:
                 found[backup_id] = verdict
     return found
@@ -354,6 +357,13 @@ async def _delete_archive(services: Resources, caller: Principal, target: str,
         raise Conflict(f"deleting {backup_id} would leave {len(good) - 1} good archive(s); "
                        f"target {target} keeps at least {minimum}")
     held = await removal.holdings(services, target, backup_id)
+    whole = removal.manifest_only_in_copies(held, target, backup_id)
+    if whole:
+        # As in retention: "incomplete" on the primary only because it lost its manifest;
+        # deleting it everywhere would destroy the copy that holds the archive whole.
+        raise Conflict(f"archive {backup_id} has no manifest in the primary storage but "
+                       f"location {whole} holds it: repair it first (POST /v1/targets/{target}"
+                       "/reconcile), then delete it")
     lock = await removal.lock_end(held, backup_id)
     if lock is not None:
         async with services.pool.acquire() as conn:

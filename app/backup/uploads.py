@@ -54,7 +54,10 @@ async def upload(ctx: JobContext, places: Places, step: Step, key: str,
                                            for name, u in opened.items()})
 
     async def drop(name: str, why: str) -> None:
-        await places.drop(ctx, name, f"{UPLOAD_OF[step]} of {key.rsplit('/', 1)[-1]}: {why}")
+        # ``key`` too: an upload that completed before its failure (its lock not set, its
+        # answer lost) left the object whole there, under no manifest.
+        await places.drop(ctx, name, f"{UPLOAD_OF[step]} of {key.rsplit('/', 1)[-1]}: {why}",
+                          key)
 
     try:
         if not started:

@@ -221,6 +221,7 @@ class RetentionDecision(_Model):
 class AbortedUpload(_Model):
     key: str
     started: str = Field(description="ISO 8601 time the multipart upload began")
+    location: str = Field("primary", description="the storage location that held it")
 
 
 class RetentionResult(_Model):
