@@ -284,3 +284,23 @@ def test_judged_by_the_median_and_the_thresholds() -> None:
     # Thresholds per target.
     loose = AnomalyConfig(size_drop_pct=90, rows_drop_pct=90, min_rows=10)
     assert judge(_doc("6", 200, {"s.a": 300}), previous, loose) == []
+
+
+async def test_tables_are_told_apart_by_schema_and_name_not_by_a_joined_string(
+        make_settings: Any, anomaly_meta: str) -> None:
+    # Schema "a.b" with table "c" and schema "a" with table "b.c" both join to "a.b.c".
+    odd = '"Ünï cödé-1"."it\'s ""q"""'  # schema Ünï cödé-1, table it's "q"
+    db = await small_db("anom_names", f"""
+        CREATE SCHEMA "a.b"; CREATE SCHEMA a; CREATE SCHEMA "Ünï cödé-1";
+        CREATE TABLE "a.b".c AS SELECT g AS id FROM generate_series(1, 1500) g;
+        CREATE TABLE a."b.c" AS SELECT g AS id FROM generate_series(1, 1500) g;
+        CREATE TABLE {odd} AS SELECT g AS id FROM generate_series(1, 1500) g;""")
+    settings = make_settings(database_url=dsn(anomaly_meta),
+                             targets={"anom_names": {"dsn": dsn(db)}})
+    async with running_app(settings) as c:
+        await backup(c, "anom_names")
+        await run_sql(db, f'DROP TABLE "a.b".c; DELETE FROM {odd} WHERE id > 10')
+        job = await backup(c, "anom_names")
+    assert job["result"]["suspect"] is True
+    assert sorted((a["kind"], a["table"], a["now"]) for a in job["result"]["anomalies"]) == [
+        ("rows_drop", odd, 10), ("table_missing", '"a.b".c', None)]
