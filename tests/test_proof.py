@@ -5,6 +5,7 @@ proven and how long the next restore should take, against the RTOs."""
 from __future__ import annotations
 
 import statistics
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from tests.conftest import (
     running_app,
     wait_job,
 )
+from tests.faults import FaultyProxy
 from tests.test_metrics import scrape, value
 
 QUIET = {"backup": "", "retention": "", "maintenance": ""}  # verify: the default
@@ -208,3 +210,25 @@ def test_forecast_fits_a_line_when_sizes_differ_and_a_ratio_otherwise() -> None:
     assert proof.forecast([], 1e6) is None
     assert proof.rto_ok(7200.0, {1: 1.0, 2: 4.0, 3: 8.0}) == {"1": False, "2": True, "3": True}
     assert proof.rto_ok(None, {1: 1.0, 2: 4.0, 3: 8.0}) is None
+
+
+async def test_target_status_answers_within_one_listing_bound_when_storage_hangs(
+        make_settings: Any, pagila_db: str, s3_endpoint: str, monkeypatch: Any) -> None:
+    # Storage that takes connections and never answers: the status waits for one listing (its
+    # bound), not one for the proof and then another for the suspect count.
+    monkeypatch.setattr(proof, "LIST_TIMEOUT_S", 1.5)
+    with FaultyProxy(s3_endpoint) as proxy:
+        settings = make_settings(s3_endpoint_url=proxy.url,
+                                 targets={"hung": {"dsn": dsn(pagila_db), "schedules": QUIET}})
+        async with running_app(settings) as c:
+            proxy.rule = lambda method, path: 30.0
+            for url in ("/v1/targets/hung", "/v1/targets"):
+                began = time.monotonic()
+                resp = await c.get(url, headers=auth("viewer"))
+                took = time.monotonic() - began
+                assert resp.status_code == 200, resp.text
+                shown = resp.json() if url.endswith("hung") else resp.json()["items"][0]
+                assert shown["unverified_archives"] is None
+                assert shown["suspect_archives"] is None
+                assert took < 2.9, (url, took)
+            proxy.rule = lambda method, path: None

@@ -165,8 +165,8 @@ async def continuous_params(services: Resources, target: str,
 
 
 async def status_fields(services: Resources, target: str, now: datetime) -> dict[str, Any]:
-    """Target status's proof fields; the proof's own ones null when storage cannot be read
-    within :data:`LIST_TIMEOUT_S` (the status still answers)."""
+    """Target status's proof fields and its count of suspect archives; null when storage cannot
+    be read within :data:`LIST_TIMEOUT_S` (the status still answers)."""
     cfg = services.settings.targets[target]
     cron = cfg.effective_schedules().get("verify", "")
     fields: dict[str, Any] = {}
@@ -178,7 +178,9 @@ async def status_fields(services: Resources, target: str, now: datetime) -> dict
         log.warning("proof_unknown", target=target, error=getattr(exc, "detail", "timed out"))
     else:
         used = found.used_today
+        # From this same listing: a second one would double the wait when storage hangs.
         fields = {
+            "suspect_archives": sum(1 for a in archives if a.complete and a.suspect),
             "last_verified_backup": VerifiedBackup(backup_id=found.last_verified[0],
                                                    at=found.last_verified[1])
             if found.last_verified else None,
