@@ -232,3 +232,42 @@ async def test_target_status_answers_within_one_listing_bound_when_storage_hangs
                 assert shown["suspect_archives"] is None
                 assert took < 2.9, (url, took)
             proxy.rule = lambda method, path: None
+
+
+async def test_weird_job_records_break_neither_status_nor_metrics(make_settings: Any) -> None:
+    # Job records nothing in pgvault writes, but a hand edit or an old version could: numbers
+    # too large for a double, in the fields the forecast reads. Target status and /metrics still
+    # answer, and the forecast ignores them.
+    db = await create_db(f"{PREFIX}_proof_weird")
+    conn = await admin_conn(db)
+    try:
+        await conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g")
+    finally:
+        await conn.close()
+    settings = make_settings(targets={"weird": {"dsn": dsn(db), "schedules": QUIET}})
+    async with running_app(settings) as c:
+        bid = (await backup(c, "weird"))["result"]["backup_id"]
+        pool = c.app.state.services.resources.pool
+        async with pool.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO jobs (id, kind, target, status, params, result, requested_by,
+                                     started_at, finished_at)
+                   VALUES (gen_random_uuid(), 'restore', 'weird', 'succeeded', '{}',
+                           jsonb_build_object('backup_id', $1::text,
+                                              'duration_s', '1e400'::jsonb), 't',
+                           now() - interval '1 minute', now()),
+                          (gen_random_uuid(), 'verify', 'weird', 'succeeded',
+                           jsonb_build_object('backup_id', $1::text, 'level', 'restore'),
+                           '{"phase_durations_s": {"restore": 1e400}}', 't',
+                           now() - interval '1 minute', now()),
+                          (gen_random_uuid(), 'backup', 'weird', 'succeeded', '{}',
+                           jsonb_build_object('backup_id', $1::text,
+                                              'size_bytes', '-1e400'::jsonb), 't',
+                           now() - interval '2 minutes', now() - interval '2 minutes')""",
+                bid)
+        shown = await status(c, "weird")
+        # Only the verification's start-to-end minute is a usable figure (its phases are not).
+        assert shown["restore_forecast_s"] == 60.0, shown
+        assert (await c.get("/v1/targets", headers=auth("viewer"))).status_code == 200
+        samples, _ = await scrape(c)
+        assert value(samples, "pgvault_unverified_archives", target="weird") == 0
