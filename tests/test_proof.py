@@ -258,7 +258,8 @@ async def test_weird_job_records_break_neither_status_nor_metrics(make_settings:
                            now() - interval '1 minute', now()),
                           (gen_random_uuid(), 'verify', 'weird', 'succeeded',
                            jsonb_build_object('backup_id', $1::text, 'level', 'restore'),
-                           '{"phase_durations_s": {"restore": 1e400}}', 't',
+                           '{"phase_durations_s": {"restore": 1e400}, "duration_s": 1e400}',
+                           't',
                            now() - interval '1 minute', now()),
                           (gen_random_uuid(), 'backup', 'weird', 'succeeded', '{}',
                            jsonb_build_object('backup_id', $1::text,
@@ -269,5 +270,8 @@ async def test_weird_job_records_break_neither_status_nor_metrics(make_settings:
         # Only the verification's start-to-end minute is a usable figure (its phases are not).
         assert shown["restore_forecast_s"] == 60.0, shown
         assert (await c.get("/v1/targets", headers=auth("viewer"))).status_code == 200
+        listed = await c.get("/v1/targets/weird/archives", headers=auth("viewer"))
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["items"][0]["verification"]["duration_s"] == 60.0
         samples, _ = await scrape(c)
         assert value(samples, "pgvault_unverified_archives", target="weird") == 0

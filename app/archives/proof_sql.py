@@ -73,10 +73,10 @@ async def restore_history(conn: Any, target: str, limit: int) -> list[Any]:
     rows: list[Any] = await conn.fetch(
         f"""SELECT coalesce(j.result->>'backup_id', j.params->>'backup_id') AS backup_id,
                   j.kind, j.finished_at, j.result->'phase_durations_s' AS phases,
-                  CASE WHEN jsonb_typeof(j.result->'duration_s') = 'number'
-                       THEN {_sane("j.result->>'duration_s'")}
-                       ELSE extract(epoch FROM j.finished_at - j.started_at)::float8
-                  END AS duration_s,
+                  coalesce(CASE WHEN jsonb_typeof(j.result->'duration_s') = 'number'
+                                THEN {_sane("j.result->>'duration_s'")} END,
+                           extract(epoch FROM j.finished_at - j.started_at)::float8)
+                  AS duration_s,
                   (SELECT {_sane("b.result->>'size_bytes'")} FROM jobs b
                    WHERE b.kind = 'backup' AND b.status = 'succeeded' AND b.target = j.target
                      AND b.result->>'backup_id' = coalesce(j.result->>'backup_id',
