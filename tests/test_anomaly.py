@@ -304,3 +304,26 @@ async def test_tables_are_told_apart_by_schema_and_name_not_by_a_joined_string(
     assert job["result"]["suspect"] is True
     assert sorted((a["kind"], a["table"], a["now"]) for a in job["result"]["anomalies"]) == [
         ("rows_drop", odd, 10), ("table_missing", '"a.b".c', None)]
+
+
+async def test_a_slow_comparison_is_skipped_before_the_watchdog_would_stop_the_backup(
+        make_settings: Any, anomaly_meta: str, s3_endpoint: str,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    db = await small_db("anom_slow", "CREATE TABLE public.t AS SELECT 1 AS id;")
+    slow = False
+
+    def rule(method: str, path: str) -> float | None:
+        # The listing of the target's archives (the guard's catalogue) takes 3 s.
+        listing = "list-type=2" in path and "prefix=archives%2Fanom_slow%2F&" in path
+        return 3.0 if slow and listing else None
+
+    with FaultyProxy(s3_endpoint) as proxy:
+        proxy.rule = rule
+        settings = make_settings(database_url=dsn(anomaly_meta), s3_endpoint_url=proxy.url,
+                                 stall_timeout_s=1.5, targets={"anom_slow": {"dsn": dsn(db)}})
+        async with running_app(settings) as c:
+            slow = True
+            job = await backup(c, "anom_slow")  # succeeded, not killed as stalled
+            assert job["result"]["suspect"] is False
+    _, err = capfd.readouterr()
+    assert '"anomaly_check_skipped"' in err

@@ -33,7 +33,7 @@ from app.errors import PgVaultError
 from app.resources import Resources
 
 BASELINE = 5  # previous good archives compared with
-CHECK_TIMEOUT_S = 60.0  # reading the catalogue; beyond it the comparison is skipped
+CHECK_TIMEOUT_S = 60.0  # reading the catalogue (at most half stall_timeout_s); then skipped
 
 
 def _dump_size(doc: mf.Manifest) -> int | None:
@@ -126,8 +126,11 @@ async def check(services: Resources, current: mf.Manifest, config: AnomalyConfig
     """The new archive's anomalies; [] when the guard is off or the comparison failed."""
     if not isinstance(config, AnomalyConfig):
         return []
+    # Within half the stall timeout too: a slow catalogue must not get a whole backup, done
+    # but for its manifest, killed as stalled (the guard is a warning, not a gate).
+    bound = min(CHECK_TIMEOUT_S, services.settings.stall_timeout_s / 2)
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S):
+        async with asyncio.timeout(bound):
             previous = await previous_good(services, current.target)
         found = judge(current, previous, config)
     except Exception as exc:  # never fail a backup for this: say so and go on
