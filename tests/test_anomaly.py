@@ -247,6 +247,8 @@ async def test_a_comparison_that_cannot_read_storage_never_fails_the_backup(
             finally:
                 blind = False
             assert job["result"]["suspect"] is False and job["result"]["anomalies"] == []
+            # Not silently: the job says the guard could not judge this archive.
+            assert "not compared with previous archives" in job["summary"], job["summary"]
             listed = await archives(c, "anom_blind")
             assert listed[job["result"]["backup_id"]]["complete"] is True
     _, err = capfd.readouterr()
@@ -325,5 +327,7 @@ async def test_a_slow_comparison_is_skipped_before_the_watchdog_would_stop_the_b
             slow = True
             job = await backup(c, "anom_slow")  # succeeded, not killed as stalled
             assert job["result"]["suspect"] is False
+            assert ("not compared with previous archives: the previous archives could not be "
+                    "read within 0.75 s") in job["summary"], job["summary"]
     _, err = capfd.readouterr()
     assert '"anomaly_check_skipped"' in err

@@ -122,10 +122,12 @@ async def previous_good(services: Resources, target: str) -> list[mf.Manifest]:
 
 
 async def check(services: Resources, current: mf.Manifest, config: AnomalyConfig | bool,
-                log: Any) -> list[mf.Anomaly]:
-    """The new archive's anomalies; [] when the guard is off or the comparison failed."""
+                log: Any) -> tuple[list[mf.Anomaly], str | None]:
+    """The new archive's anomalies ([] when the guard is off or the comparison failed), and why
+    the comparison was skipped (None when it ran or the guard is off): the job's summary says
+    so, since a guard that silently stopped judging would be one more thing quietly broken."""
     if not isinstance(config, AnomalyConfig):
-        return []
+        return [], None
     # Within half the stall timeout too: a slow catalogue must not get a whole backup, done
     # but for its manifest, killed as stalled (the guard is a warning, not a gate).
     bound = min(CHECK_TIMEOUT_S, services.settings.stall_timeout_s / 2)
@@ -136,6 +138,9 @@ async def check(services: Resources, current: mf.Manifest, config: AnomalyConfig
     except Exception as exc:  # never fail a backup for this: say so and go on
         detail = exc.detail if isinstance(exc, PgVaultError) else None  # safe to show
         log.warning("anomaly_check_skipped", error_type=type(exc).__name__, detail=detail)
-        return []
+        why = (detail or (f"the previous archives could not be read within {bound:g} s"
+                          if isinstance(exc, TimeoutError) else
+                          f"an internal error ({type(exc).__name__}); see the service log"))
+        return [], why
     log.info("anomaly_check", compared_with=len(previous), anomalies=len(found))
-    return found
+    return found, None
