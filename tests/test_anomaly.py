@@ -247,6 +247,8 @@ async def test_a_comparison_that_cannot_read_storage_never_fails_the_backup(
             finally:
                 blind = False
             assert job["result"]["suspect"] is False and job["result"]["anomalies"] == []
+            # Not silently: the job says the guard could not judge this archive.
+            assert "not compared with previous archives" in job["summary"], job["summary"]
             listed = await archives(c, "anom_blind")
             assert listed[job["result"]["backup_id"]]["complete"] is True
     _, err = capfd.readouterr()
@@ -284,3 +286,48 @@ def test_judged_by_the_median_and_the_thresholds() -> None:
     # Thresholds per target.
     loose = AnomalyConfig(size_drop_pct=90, rows_drop_pct=90, min_rows=10)
     assert judge(_doc("6", 200, {"s.a": 300}), previous, loose) == []
+
+
+async def test_tables_are_told_apart_by_schema_and_name_not_by_a_joined_string(
+        make_settings: Any, anomaly_meta: str) -> None:
+    # Schema "a.b" with table "c" and schema "a" with table "b.c" both join to "a.b.c".
+    odd = '"Ünï cödé-1"."it\'s ""q"""'  # schema Ünï cödé-1, table it's "q"
+    db = await small_db("anom_names", f"""
+        CREATE SCHEMA "a.b"; CREATE SCHEMA a; CREATE SCHEMA "Ünï cödé-1";
+        CREATE TABLE "a.b".c AS SELECT g AS id FROM generate_series(1, 1500) g;
+        CREATE TABLE a."b.c" AS SELECT g AS id FROM generate_series(1, 1500) g;
+        CREATE TABLE {odd} AS SELECT g AS id FROM generate_series(1, 1500) g;""")
+    settings = make_settings(database_url=dsn(anomaly_meta),
+                             targets={"anom_names": {"dsn": dsn(db)}})
+    async with running_app(settings) as c:
+        await backup(c, "anom_names")
+        await run_sql(db, f'DROP TABLE "a.b".c; DELETE FROM {odd} WHERE id > 10')
+        job = await backup(c, "anom_names")
+    assert job["result"]["suspect"] is True
+    assert sorted((a["kind"], a["table"], a["now"]) for a in job["result"]["anomalies"]) == [
+        ("rows_drop", odd, 10), ("table_missing", '"a.b".c', None)]
+
+
+async def test_a_slow_comparison_is_skipped_before_the_watchdog_would_stop_the_backup(
+        make_settings: Any, anomaly_meta: str, s3_endpoint: str,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    db = await small_db("anom_slow", "CREATE TABLE public.t AS SELECT 1 AS id;")
+    slow = False
+
+    def rule(method: str, path: str) -> float | None:
+        # The listing of the target's archives (the guard's catalogue) takes 3 s.
+        listing = "list-type=2" in path and "prefix=archives%2Fanom_slow%2F&" in path
+        return 3.0 if slow and listing else None
+
+    with FaultyProxy(s3_endpoint) as proxy:
+        proxy.rule = rule
+        settings = make_settings(database_url=dsn(anomaly_meta), s3_endpoint_url=proxy.url,
+                                 stall_timeout_s=1.5, targets={"anom_slow": {"dsn": dsn(db)}})
+        async with running_app(settings) as c:
+            slow = True
+            job = await backup(c, "anom_slow")  # succeeded, not killed as stalled
+            assert job["result"]["suspect"] is False
+            assert ("not compared with previous archives: the previous archives could not be "
+                    "read within 0.75 s") in job["summary"], job["summary"]
+    _, err = capfd.readouterr()
+    assert '"anomaly_check_skipped"' in err

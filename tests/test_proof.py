@@ -5,6 +5,7 @@ proven and how long the next restore should take, against the RTOs."""
 from __future__ import annotations
 
 import statistics
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from tests.conftest import (
     running_app,
     wait_job,
 )
+from tests.faults import FaultyProxy
 from tests.test_metrics import scrape, value
 
 QUIET = {"backup": "", "retention": "", "maintenance": ""}  # verify: the default
@@ -208,3 +210,68 @@ def test_forecast_fits_a_line_when_sizes_differ_and_a_ratio_otherwise() -> None:
     assert proof.forecast([], 1e6) is None
     assert proof.rto_ok(7200.0, {1: 1.0, 2: 4.0, 3: 8.0}) == {"1": False, "2": True, "3": True}
     assert proof.rto_ok(None, {1: 1.0, 2: 4.0, 3: 8.0}) is None
+
+
+async def test_target_status_answers_within_one_listing_bound_when_storage_hangs(
+        make_settings: Any, pagila_db: str, s3_endpoint: str, monkeypatch: Any) -> None:
+    # Storage that takes connections and never answers: the status waits for one listing (its
+    # bound), not one for the proof and then another for the suspect count.
+    monkeypatch.setattr(proof, "LIST_TIMEOUT_S", 1.5)
+    with FaultyProxy(s3_endpoint) as proxy:
+        settings = make_settings(s3_endpoint_url=proxy.url,
+                                 targets={"hung": {"dsn": dsn(pagila_db), "schedules": QUIET}})
+        async with running_app(settings) as c:
+            proxy.rule = lambda method, path: 30.0
+            for url in ("/v1/targets/hung", "/v1/targets"):
+                began = time.monotonic()
+                resp = await c.get(url, headers=auth("viewer"))
+                took = time.monotonic() - began
+                assert resp.status_code == 200, resp.text
+                shown = resp.json() if url.endswith("hung") else resp.json()["items"][0]
+                assert shown["unverified_archives"] is None
+                assert shown["suspect_archives"] is None
+                assert took < 2.9, (url, took)
+            proxy.rule = lambda method, path: None
+
+
+async def test_weird_job_records_break_neither_status_nor_metrics(make_settings: Any) -> None:
+    # Job records nothing in pgvault writes, but a hand edit or an old version could: numbers
+    # too large for a double, in the fields the forecast reads. Target status and /metrics still
+    # answer, and the forecast ignores them.
+    db = await create_db(f"{PREFIX}_proof_weird")
+    conn = await admin_conn(db)
+    try:
+        await conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g")
+    finally:
+        await conn.close()
+    settings = make_settings(targets={"weird": {"dsn": dsn(db), "schedules": QUIET}})
+    async with running_app(settings) as c:
+        bid = (await backup(c, "weird"))["result"]["backup_id"]
+        pool = c.app.state.services.resources.pool
+        async with pool.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO jobs (id, kind, target, status, params, result, requested_by,
+                                     started_at, finished_at)
+                   VALUES (gen_random_uuid(), 'restore', 'weird', 'succeeded', '{}',
+                           jsonb_build_object('backup_id', $1::text,
+                                              'duration_s', '1e400'::jsonb), 't',
+                           now() - interval '1 minute', now()),
+                          (gen_random_uuid(), 'verify', 'weird', 'succeeded',
+                           jsonb_build_object('backup_id', $1::text, 'level', 'restore'),
+                           '{"phase_durations_s": {"restore": 1e400}, "duration_s": 1e400}',
+                           't',
+                           now() - interval '1 minute', now()),
+                          (gen_random_uuid(), 'backup', 'weird', 'succeeded', '{}',
+                           jsonb_build_object('backup_id', $1::text,
+                                              'size_bytes', '-1e400'::jsonb), 't',
+                           now() - interval '2 minutes', now() - interval '2 minutes')""",
+                bid)
+        shown = await status(c, "weird")
+        # Only the verification's start-to-end minute is a usable figure (its phases are not).
+        assert shown["restore_forecast_s"] == 60.0, shown
+        assert (await c.get("/v1/targets", headers=auth("viewer"))).status_code == 200
+        listed = await c.get("/v1/targets/weird/archives", headers=auth("viewer"))
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["items"][0]["verification"]["duration_s"] == 60.0
+        samples, _ = await scrape(c)
+        assert value(samples, "pgvault_unverified_archives", target="weird") == 0

@@ -276,3 +276,35 @@ async def test_backend_query_fits_each_server_major() -> None:
         assert await read(conn, ["pgvault/none"]) == []
     finally:
         await conn.close()
+
+
+async def test_jobs_that_walk_many_archives_on_slow_storage_are_not_stalled(
+        make_settings: Any, parts_db: str, s3: Any, bucket: str, s3_endpoint: str) -> None:
+    # Retention's plan (each expired archive's objects listed in every location) and a shallow
+    # reconcile (each archive's manifest read in every location) move no byte counters: each
+    # archive done is their progress. Slow storage makes the whole walk several timeouts long.
+    from tests.test_retention import copy_archive
+    stall_s = 1.0
+    old = [f"2020010{i}T000000Z-{c * 6}" for i, c in enumerate("abcde", 1)]
+
+    def slow(method: str, path: str) -> float | None:
+        per_archive = "list-type=2" in path or path.endswith("manifest.json")
+        return 0.25 if per_archive and re.search(r"2020010\d", path) else None
+
+    with FaultyProxy(s3_endpoint) as proxy:
+        settings = make_settings(s3_endpoint_url=proxy.url, stall_timeout_s=stall_s,
+                                 targets={"walk": {"dsn": dsn(parts_db), "retention_days": 1,
+                                                   "retention_min_backups": 1}})
+        async with running_app(settings) as c:
+            real = (await backup(c, "walk"))["result"]["backup_id"]
+            for bid in old:
+                copy_archive(s3, bucket, "walk", real, bid)
+            proxy.rule = slow
+            for kind, body in (("retention", {"dry_run": True}), ("reconcile", {})):
+                resp = await c.post(f"/v1/targets/walk/{kind}", headers=auth("admin"),
+                                    json=body)
+                assert resp.status_code == 202, resp.text
+                job = await wait_job(c, resp.json()["id"], timeout=60)
+                assert job["status"] == "succeeded", job
+                took = sum(job["result"]["phase_durations_s"].values())
+                assert took > 1.2 * stall_s, (kind, job["result"]["phase_durations_s"])

@@ -59,19 +59,25 @@ async def continuous_queued(conn: Any, target: str, since: datetime, until: date
     return n
 
 
+def _sane(number: str) -> str:
+    """A JSON number as float8, null beyond what a double holds (a record written by hand or by
+    another version must not fail the listing that reads it)."""
+    return (f"CASE WHEN abs(({number})::numeric) < 1e300 THEN ({number})::float8 END")
+
+
 async def restore_history(conn: Any, target: str, limit: int) -> list[Any]:
     """The target's last ``limit`` succeeded restores and restore-level verifications: each one's
     archive (``backup_id``), its run time (``duration_s``: the command's own figure, else start
     to end), its time per phase (``phases``, as stored) and the archive's stored size from its
     backup job (``size_bytes``, null when that record is gone or unreadable)."""
     rows: list[Any] = await conn.fetch(
-        """SELECT coalesce(j.result->>'backup_id', j.params->>'backup_id') AS backup_id,
+        f"""SELECT coalesce(j.result->>'backup_id', j.params->>'backup_id') AS backup_id,
                   j.kind, j.finished_at, j.result->'phase_durations_s' AS phases,
-                  CASE WHEN jsonb_typeof(j.result->'duration_s') = 'number'
-                       THEN (j.result->>'duration_s')::float8
-                       ELSE extract(epoch FROM j.finished_at - j.started_at)::float8
-                  END AS duration_s,
-                  (SELECT (b.result->>'size_bytes')::float8 FROM jobs b
+                  coalesce(CASE WHEN jsonb_typeof(j.result->'duration_s') = 'number'
+                                THEN {_sane("j.result->>'duration_s'")} END,
+                           extract(epoch FROM j.finished_at - j.started_at)::float8)
+                  AS duration_s,
+                  (SELECT {_sane("b.result->>'size_bytes'")} FROM jobs b
                    WHERE b.kind = 'backup' AND b.status = 'succeeded' AND b.target = j.target
                      AND b.result->>'backup_id' = coalesce(j.result->>'backup_id',
                                                            j.params->>'backup_id')

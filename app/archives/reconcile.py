@@ -92,6 +92,7 @@ async def run_reconcile(ctx: JobContext) -> tuple[dict[str, Any], str]:
     counts = {"repaired": 0, "unrepaired": 0}
     io = Io(lambda read, written: ctx.progress(bytes_done=read, bytes_uploaded=written))
     for backup_id in ids:
+        ctx.alive()  # each archive is progress (a shallow check of sound ones moves no bytes)
         ref = await _reference(ctx, locations, listings, backup_id)
         if ref is None:
             continue

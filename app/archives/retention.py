@@ -16,6 +16,7 @@ archives' locks are read. Deleting removes the archive from every location
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -92,7 +93,7 @@ async def _apply(ctx: JobContext, dry_run: bool, now: datetime,
     archives = await catalogue(services, ctx.target)
     delete, keep = plan(archives, now=now, retention_days=target.retention_days,
                         min_backups=target.retention_min_backups, grace=grace, busy=busy)
-    delete, locked, held = await _unlocked(services, ctx.target, delete)
+    delete, locked, held = await _unlocked(services, ctx.target, delete, ctx.alive)
     keep += locked
     n_locked = sum(1 for item in locked if item.get("locked_until"))
     uploads = [(loc, u) for loc, pending in await _pending_uploads(ctx) for u in pending
@@ -137,12 +138,15 @@ async def _pending_uploads(ctx: JobContext) -> list[tuple[Location, list[Pending
 
 
 async def _unlocked(services: Resources, target: str, delete: list[dict[str, Any]],
+                    alive: Callable[[], None],
                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                                dict[str, list[removal.Held]]]:
     """(still to delete, kept because locked or whole in a copy only, each deletable archive's
-    objects per location)."""
+    objects per location). ``alive``: called per archive (the stall watchdog's progress: many
+    archives on slow storage take long, and move no counter)."""
     free, locked, held = [], [], {}
     for item in delete:
+        alive()
         bid = item["backup_id"]
         found = await removal.holdings(services, target, bid)
         whole = removal.manifest_only_in_copies(found, target, bid)

@@ -35,7 +35,8 @@ class Anomaly(BaseModel):
 
     kind: str = Field(description="size_drop, rows_drop or table_missing",
                       examples=["rows_drop"])
-    table: str | None = Field(None, description="schema.name; null for size_drop",
+    table: str | None = Field(None, description=(
+        "schema.name, a part double-quoted unless plain lower case; null for size_drop"),
                               examples=["public.rental"])
     before: int | None = Field(None, description="the median before: dump bytes or rows")
     now: int | None = Field(None, description="in this archive; null when the table is gone")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -246,7 +247,9 @@ def _took(result: object, run_s: float | None) -> float | None:
     """The job's own duration figure, else its start-to-end time."""
     took = result.get("duration_s") if isinstance(result, dict) else None
     if isinstance(took, int | float) and not isinstance(took, bool):
-        return round(float(took), 3)
+        with contextlib.suppress(OverflowError):  # a record's JSON may say anything
+            if math.isfinite(seconds := float(took)):
+                return round(seconds, 3)
     return None if run_s is None else round(run_s, 3)
 
 

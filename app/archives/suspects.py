@@ -1,22 +1,19 @@
-"""Suspect archives (SPEC 2.14) as routes and target status see them: an operator clears one
-(the change was intended), and each target counts its uncleared ones."""
+"""Suspect archives (SPEC 2.14): an operator clears one (the change was intended). Target status
+counts the uncleared ones from the listing its proof reads (app/targets/proof.py)."""
 
 from __future__ import annotations
-
-import asyncio
 
 import structlog
 
 from app.archives import reviews
 from app.archives.schemas import ArchiveDetail
-from app.archives.service import catalogue, get_archive
+from app.archives.service import get_archive
 from app.audit import repository as audit_repo
 from app.errors import Conflict
 from app.resources import Resources
 from app.security import Principal
 
 log = structlog.get_logger("pgvault.archives")
-COUNT_TIMEOUT_S = 10.0  # as /metrics lists archives: a slow storage must not hold a status page
 
 
 async def clear_suspect(services: Resources, caller: Principal, target: str, backup_id: str,
@@ -39,12 +36,3 @@ async def clear_suspect(services: Resources, caller: Principal, target: str, bac
     log.info("suspect_cleared", target=target, backup_id=backup_id, by=caller.name)
     return await get_archive(services, target, backup_id)
 
-
-async def suspect_count(services: Resources, target: str) -> int | None:
-    """Uncleared suspect archives of the target; None when storage cannot be listed in time."""
-    try:
-        archives = await asyncio.wait_for(catalogue(services, target), COUNT_TIMEOUT_S)
-    except Exception as exc:  # storage down or slow: unknown, not zero
-        log.warning("suspect_count_unknown", target=target, error_type=type(exc).__name__)
-        return None
-    return sum(1 for a in archives if a.complete and a.suspect)  # as /metrics counts them

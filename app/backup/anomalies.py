@@ -22,6 +22,7 @@ the comparison skipped (the archive is then not suspect: the guard is a warning,
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 from typing import Any
 
@@ -32,7 +33,7 @@ from app.errors import PgVaultError
 from app.resources import Resources
 
 BASELINE = 5  # previous good archives compared with
-CHECK_TIMEOUT_S = 60.0  # reading the catalogue; beyond it the comparison is skipped
+CHECK_TIMEOUT_S = 60.0  # reading the catalogue (at most half stall_timeout_s); then skipped
 
 
 def _dump_size(doc: mf.Manifest) -> int | None:
@@ -46,8 +47,19 @@ def _median(values: list[int]) -> int | None:
     return round(statistics.median(values)) if values else None
 
 
-def _name(table: mf.TableRows) -> str:
-    return f"{table.schema_}.{table.name}"
+_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def _key(table: mf.TableRows) -> tuple[str, str]:
+    """A table is its (schema, name) pair: joined, schema "a.b" with table "c" and schema "a"
+    with table "b.c" would be one."""
+    return table.schema_, table.name
+
+
+def _name(key: tuple[str, str]) -> str:
+    """``schema.name`` for people, each part double-quoted unless plain (as SQL writes it), so
+    two tables never read the same."""
+    return ".".join(p if _PLAIN.fullmatch(p) else '"' + p.replace('"', '""') + '"' for p in key)
 
 
 def judge(current: mf.Manifest, previous: list[mf.Manifest],
@@ -60,25 +72,26 @@ def judge(current: mf.Manifest, previous: list[mf.Manifest],
     before = _median([s for s in map(_dump_size, previous) if s is not None])
     if size is not None and before and size < before * (100 - config.size_drop_pct) / 100:
         found.append(mf.Anomaly(kind="size_drop", table=None, before=before, now=size))
-    now = {_name(t): t for t in current.tables}
-    history: dict[str, list[int]] = {}
+    now = {_key(t): t for t in current.tables}
+    history: dict[tuple[str, str], list[int]] = {}
     for doc in previous:
         for t in doc.tables:
             if t.rows is not None:
-                history.setdefault(_name(t), []).append(t.rows)
+                history.setdefault(_key(t), []).append(t.rows)
     excluded = set(current.exclude_schemas)
     for table in previous[0].tables:
-        name = _name(table)
-        median = _median(history.get(name, []))
-        if name not in now:
+        key = _key(table)
+        median = _median(history.get(key, []))
+        if key not in now:
             if table.schema_ not in excluded:
-                found.append(mf.Anomaly(kind="table_missing", table=name, before=median,
+                found.append(mf.Anomaly(kind="table_missing", table=_name(key), before=median,
                                         now=None))
             continue
-        rows = now[name].rows
+        rows = now[key].rows
         if (rows is not None and median is not None and median >= max(config.min_rows, 1)
                 and rows <= median * (100 - config.rows_drop_pct) / 100):
-            found.append(mf.Anomaly(kind="rows_drop", table=name, before=median, now=rows))
+            found.append(mf.Anomaly(kind="rows_drop", table=_name(key), before=median,
+                                    now=rows))
     return found
 
 
@@ -109,17 +122,25 @@ async def previous_good(services: Resources, target: str) -> list[mf.Manifest]:
 
 
 async def check(services: Resources, current: mf.Manifest, config: AnomalyConfig | bool,
-                log: Any) -> list[mf.Anomaly]:
-    """The new archive's anomalies; [] when the guard is off or the comparison failed."""
+                log: Any) -> tuple[list[mf.Anomaly], str | None]:
+    """The new archive's anomalies ([] when the guard is off or the comparison failed), and why
+    the comparison was skipped (None when it ran or the guard is off): the job's summary says
+    so, since a guard that silently stopped judging would be one more thing quietly broken."""
     if not isinstance(config, AnomalyConfig):
-        return []
+        return [], None
+    # Within half the stall timeout too: a slow catalogue must not get a whole backup, done
+    # but for its manifest, killed as stalled (the guard is a warning, not a gate).
+    bound = min(CHECK_TIMEOUT_S, services.settings.stall_timeout_s / 2)
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S):
+        async with asyncio.timeout(bound):
             previous = await previous_good(services, current.target)
         found = judge(current, previous, config)
     except Exception as exc:  # never fail a backup for this: say so and go on
         detail = exc.detail if isinstance(exc, PgVaultError) else None  # safe to show
         log.warning("anomaly_check_skipped", error_type=type(exc).__name__, detail=detail)
-        return []
+        why = (detail or (f"the previous archives could not be read within {bound:g} s"
+                          if isinstance(exc, TimeoutError) else
+                          f"an internal error ({type(exc).__name__}); see the service log"))
+        return [], why
     log.info("anomaly_check", compared_with=len(previous), anomalies=len(found))
-    return found
+    return found, None

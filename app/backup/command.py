@@ -70,6 +70,7 @@ class Backup:
     properties: dict[str, Any] = field(default_factory=dict)
     tables: list[dict[str, Any]] = field(default_factory=list)
     anomalies: list[manifest.Anomaly] = field(default_factory=list)
+    anomaly_check_skipped: str | None = None  # why the guard could not compare
 
     @property
     def prefix(self) -> str:
@@ -179,7 +180,8 @@ async def write_manifest(backup: Backup) -> manifest.Manifest:
     await ctx.set_phase(Step.MANIFEST)
     doc = _manifest(backup, finished_at=datetime.now(UTC))
     # Judged before the write, so the manifest itself says the archive was suspect.
-    doc.anomalies = await anomalies.check(ctx.services, doc, backup.target.anomaly, ctx.log)
+    doc.anomalies, backup.anomaly_check_skipped = await anomalies.check(
+        ctx.services, doc, backup.target.anomaly, ctx.log)
     backup.anomalies = doc.anomalies
     key = manifest.manifest_key(ctx.target, backup.backup_id)
     data = manifest.dumps(doc)
@@ -292,6 +294,8 @@ def _result(backup: Backup, doc: manifest.Manifest, duration: float,
                f"{_mb(database_size)} database in {duration:.1f} s")
     if backup.anomalies:
         summary += f"; {anomalies.describe(backup.anomalies)}"
+    if backup.anomaly_check_skipped:
+        summary += f"; not compared with previous archives: {backup.anomaly_check_skipped}"
     if backup.places.dropped:
         summary += f"; missing from copy {', '.join(backup.places.dropped)}"
     return result, summary

@@ -140,7 +140,8 @@ class Anomaly(_Part):
     of the target's previous good archives."""
 
     kind: str = Field(description="size_drop, rows_drop or table_missing")
-    table: str | None = Field(None, description="schema.name; null for size_drop")
+    table: str | None = Field(None, description=(
+        "schema.name, a part double-quoted unless plain lower case; null for size_drop"))
     before: int | None = Field(None, description="the median before (bytes or rows)")
     now: int | None = Field(None, description="in this archive; null when the table is gone")
 

@@ -51,7 +51,8 @@ class BackupAnomaly(_Model):
     good archives."""
 
     kind: Literal["size_drop", "rows_drop", "table_missing"]
-    table: str | None = Field(description="schema.name; null for size_drop",
+    table: str | None = Field(description=(
+        "schema.name, a part double-quoted unless plain lower case; null for size_drop"),
                               examples=["public.rental"])
     before: int | None = Field(description="the median before: dump bytes or rows")
     now: int | None = Field(description="in this archive; null when the table is gone")

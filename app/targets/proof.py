@@ -27,6 +27,7 @@ status and metrics.
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def _age(archive: Archive) -> tuple[datetime, datetime, str]:
 
 def forecast(points: list[tuple[float, float]], size: float) -> float | None:
     """Expected run time for an archive of ``size`` bytes from ``(size, seconds)`` points."""
-    pts = [(s, d) for s, d in points if s > 0 and d >= 0]
+    pts = [(s, d) for s, d in points if s > 0 and d >= 0 and math.isfinite(s * d)]
     if not pts:
         return None
     sizes = [s for s, _ in pts]
@@ -128,11 +129,21 @@ def _restore_s(row: Any) -> float | None:
     """What the job says a restore of its archive takes (see the module's notes)."""
     phases = row["phases"]
     if row["kind"] == "verify" and isinstance(phases, dict) and phases and all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in phases.values()):
+            _seconds(v) for v in phases.values()):
         core = sum(v for k, v in phases.items() if k not in VERIFY_ONLY)
         checks = min(phases.get(Step.COMPARE, 0.0), phases.get(Step.RESTORE, 0.0) / 2)
         return float(core + checks)
     return None if row["duration_s"] is None else float(row["duration_s"])
+
+
+def _seconds(value: Any) -> bool:
+    """A number of seconds a double holds (a record's JSON may say anything)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _size(row: Any, sizes: dict[str, float]) -> float | None:
@@ -165,8 +176,8 @@ async def continuous_params(services: Resources, target: str,
 
 
 async def status_fields(services: Resources, target: str, now: datetime) -> dict[str, Any]:
-    """Target status's proof fields; the proof's own ones null when storage cannot be read
-    within :data:`LIST_TIMEOUT_S` (the status still answers)."""
+    """Target status's proof fields and its count of suspect archives; null when storage cannot
+    be read within :data:`LIST_TIMEOUT_S` (the status still answers)."""
     cfg = services.settings.targets[target]
     cron = cfg.effective_schedules().get("verify", "")
     fields: dict[str, Any] = {}
@@ -178,7 +189,9 @@ async def status_fields(services: Resources, target: str, now: datetime) -> dict
         log.warning("proof_unknown", target=target, error=getattr(exc, "detail", "timed out"))
     else:
         used = found.used_today
+        # From this same listing: a second one would double the wait when storage hangs.
         fields = {
+            "suspect_archives": sum(1 for a in archives if a.complete and a.suspect),
             "last_verified_backup": VerifiedBackup(backup_id=found.last_verified[0],
                                                    at=found.last_verified[1])
             if found.last_verified else None,

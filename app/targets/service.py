@@ -10,7 +10,6 @@ from typing import Any
 import structlog
 from croniter import croniter
 
-from app.archives.suspects import suspect_count
 from app.jobs import repository as jobs_repo
 from app.resources import Resources
 from app.targets import proof
@@ -54,9 +53,6 @@ async def list_targets(services: Resources) -> TargetList:
     proofs = await asyncio.gather(*(proof.status_fields(services, n, now) for n in names))
     items = [_status(services, n, rows.get(n), now, p)
              for n, p in zip(names, proofs, strict=True)]
-    counts = await asyncio.gather(*(suspect_count(services, n) for n in names))
-    for item, count in zip(items, counts, strict=True):
-        item.suspect_archives = count
     return TargetList(items=items)
 
 
@@ -64,7 +60,5 @@ async def get_target(services: Resources, name: str) -> TargetStatus:
     async with services.pool.acquire() as conn:
         rows = await jobs_repo.last_succeeded(conn, "backup", [name])
     now = datetime.now(UTC)
-    status = _status(services, name, rows[0] if rows else None, now,
-                     await proof.status_fields(services, name, now))
-    status.suspect_archives = await suspect_count(services, name)
-    return status
+    return _status(services, name, rows[0] if rows else None, now,
+                   await proof.status_fields(services, name, now))
