@@ -49,6 +49,19 @@ def _copy(bid: str, key: str = "") -> str:
     return f"{COPY_PREFIX}/pagila/{bid}/{key}"
 
 
+def _offsite(copy_bucket: str, s3_endpoint: str) -> dict[str, Any]:
+    return {"name": "offsite", "url": f"s3://{copy_bucket}/{COPY_PREFIX}",
+            "s3_endpoint_url": s3_endpoint}
+
+
+def _settings(make_settings: Any, storage_url: str, pagila_db: str,
+              copies: list[dict[str, Any]]) -> Any:
+    """Incomplete archives expire at once; one good archive is the minimum."""
+    return make_settings(storage_url=storage_url, copies=copies, incomplete_grace_hours=0.0001,
+                         targets={"pagila": {"dsn": dsn(pagila_db),
+                                             "retention_min_backups": 1}})
+
+
 def flip_byte(s3: Any, bucket: str, key: str) -> None:
     data = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     data[len(data) // 2] ^= 0x01
@@ -87,15 +100,11 @@ async def test_fallback_to_a_copy_and_reconcile_repairs(make_settings: Any, s3: 
                                                         copy_bucket: str, s3_endpoint: str,
                                                         metadata_db: str, pagila_db: str,
                                                         tmp_path: Any) -> None:
-    # Copies are tried in order: "local" (a folder) never got these archives.
+    # Copies are tried in order: "local" (a folder), then "offsite".
     local = tmp_path / "local"
-    copies = [{"name": "local", "url": f"file://{local}"},
-              {"name": "offsite", "url": f"s3://{copy_bucket}/{COPY_PREFIX}",
-               "s3_endpoint_url": s3_endpoint}]
-    settings = make_settings(storage_url=f"s3://{bucket}/{PRIMARY_PREFIX}", copies=copies,
-                             incomplete_grace_hours=0.0001,
-                             targets={"pagila": {"dsn": dsn(pagila_db),
-                                                 "retention_min_backups": 1}})
+    settings = _settings(make_settings, f"s3://{bucket}/{PRIMARY_PREFIX}", pagila_db,
+                         [{"name": "local", "url": f"file://{local}"},
+                          _offsite(copy_bucket, s3_endpoint)])
     async with running_app(settings) as c:
         bid1 = (await backup(c))["result"]["backup_id"]
         bid2 = (await backup(c))["result"]["backup_id"]
@@ -330,12 +339,8 @@ async def test_retention_keeps_an_archive_whose_manifest_only_a_copy_holds(
     """The primary lost a manifest: its archive looks incomplete there, but a copy holds it whole.
     Retention must not delete "the incomplete archive" in every location."""
     prefix = f"{PRIMARY_PREFIX}-lost"
-    copies = [{"name": "offsite", "url": f"s3://{copy_bucket}/{COPY_PREFIX}",
-               "s3_endpoint_url": s3_endpoint}]
-    settings = make_settings(storage_url=f"s3://{bucket}/{prefix}", copies=copies,
-                             incomplete_grace_hours=0.0001,
-                             targets={"pagila": {"dsn": dsn(pagila_db),
-                                                 "retention_min_backups": 1}})
+    settings = _settings(make_settings, f"s3://{bucket}/{prefix}", pagila_db,
+                         [_offsite(copy_bucket, s3_endpoint)])
     async with running_app(settings) as c:
         bid = (await backup(c))["result"]["backup_id"]
         keep = (await backup(c))["result"]["backup_id"]
