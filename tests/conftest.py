@@ -50,14 +50,25 @@ async def admin_conn(db: str = "postgres") -> Any:
     return await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database=db)
 
 
-async def create_db(name: str, template: str | None = None) -> str:
+async def create_db(name: str, template: str | None = None, *, sql: str | None = None) -> str:
+    """A new database; ``sql``: run in it once created."""
     conn = await admin_conn()
     try:
         tmpl = f" TEMPLATE {template}" if template else ""
         await conn.execute(f'CREATE DATABASE "{name}"{tmpl}')
     finally:
         await conn.close()
+    if sql is not None:
+        await run_sql(name, sql)
     return name
+
+
+async def run_sql(db: str, sql: str) -> None:
+    conn = await admin_conn(db)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 async def drop_db(name: str) -> None:

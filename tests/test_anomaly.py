@@ -17,12 +17,12 @@ from app.backup.anomalies import judge
 from app.config_models import AnomalyConfig
 from tests.conftest import (
     PREFIX,
-    admin_conn,
     auth,
     backup,
     create_db,
     dsn,
     migrated_db,
+    run_sql,
     running_app,
     wait_job,
 )
@@ -38,21 +38,7 @@ async def anomaly_meta() -> str:
 
 
 async def small_db(name: str, sql: str) -> str:
-    db = await create_db(f"{PREFIX}_{name}")
-    conn = await admin_conn(db)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-    return db
-
-
-async def run_sql(db: str, sql: str) -> None:
-    conn = await admin_conn(db)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+    return await create_db(f"{PREFIX}_{name}", sql=sql)
 
 
 async def archives(c: Any, target: str) -> dict[str, dict[str, Any]]:

@@ -238,12 +238,8 @@ async def test_weird_job_records_break_neither_status_nor_metrics(make_settings:
     # Job records nothing in pgvault writes, but a hand edit or an old version could: numbers
     # too large for a double, in the fields the forecast reads. Target status and /metrics still
     # answer, and the forecast ignores them.
-    db = await create_db(f"{PREFIX}_proof_weird")
-    conn = await admin_conn(db)
-    try:
-        await conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g")
-    finally:
-        await conn.close()
+    db = await create_db(f"{PREFIX}_proof_weird",
+                         sql="CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g")
     settings = make_settings(targets={"weird": {"dsn": dsn(db), "schedules": QUIET}})
     async with running_app(settings) as c:
         bid = (await backup(c, "weird"))["result"]["backup_id"]

@@ -63,10 +63,7 @@ async def stall_db() -> AsyncIterator[str]:
     """A small table to hold a lock on, and one whose expression index takes seconds to build
     (200 md5 rounds a row) wherever it is restored; here, where the setting asks for one round,
     it is built at once."""
-    name = await create_db(f"{PREFIX}_stall")
-    conn = await admin_conn(name)
-    try:
-        await conn.execute("""
+    name = await create_db(f"{PREFIX}_stall", sql="""
             CREATE TABLE held (id int PRIMARY KEY);
             INSERT INTO held SELECT generate_series(1, 10);
             CREATE FUNCTION slow_key(text) RETURNS text IMMUTABLE LANGUAGE sql AS $$
@@ -76,8 +73,6 @@ async def stall_db() -> AsyncIterator[str]:
                                  FROM generate_series(1, 26000) g;
             SET pgv_test.rounds = 1;
             CREATE INDEX slow_key_idx ON slow (slow_key(t));""")
-    finally:
-        await conn.close()
     yield name
 
 
@@ -85,14 +80,9 @@ async def stall_db() -> AsyncIterator[str]:
 async def parts_db() -> str:
     """About 90 MB of hex text: a dump of many 5 MiB parts after compression, more than the
     pipes, sockets and parts in flight hold, so a stuck upload holds pg_dump mid-stream."""
-    name = await create_db(f"{PREFIX}_stall_parts")
-    conn = await admin_conn(name)
-    try:
-        await conn.execute("CREATE TABLE filler AS SELECT g AS id, md5(random()::text) || "
-                           "md5(random()::text) AS t FROM generate_series(1, 1200000) g")
-    finally:
-        await conn.close()
-    return name
+    return await create_db(f"{PREFIX}_stall_parts", sql=(
+        "CREATE TABLE filler AS SELECT g AS id, md5(random()::text) || md5(random()::text) "
+        "AS t FROM generate_series(1, 1200000) g"))
 
 
 async def job_backends(name: str) -> list[Any]:
