@@ -23,15 +23,20 @@ from app.integrations.storage import Location, ObjectInfo, StorageError
 LIST_TIMEOUT_S = 3.0
 
 
+def stored_sizes(objects: list[ObjectInfo]) -> dict[str, int]:
+    """A listing of one archive folder (``<target>/<backup_id>/...``): each usable object's key
+    relative to the folder (as the manifest names it) and its size."""
+    return {o.key.split("/", 2)[-1]: o.size for o in objects if o.usable}
+
+
 def short_objects(objects: list[ObjectInfo], doc: mf.Manifest) -> list[str]:
     """The manifest's objects missing from a listing of the archive or of another size there."""
-    stored = {o.key.split("/", 2)[-1]: o.size for o in objects if o.usable}
+    stored = stored_sizes(objects)
     return [obj.key for obj in doc.objects if stored.get(obj.key) != obj.size_bytes]
 
 
 def holds_whole(objects: list[ObjectInfo], doc: mf.Manifest) -> bool:
-    names = {o.key.split("/", 2)[-1] for o in objects if o.usable}
-    return mf.MANIFEST in names and not short_objects(objects, doc)
+    return mf.MANIFEST in stored_sizes(objects) and not short_objects(objects, doc)
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ async def judge(copies: list[Location], target: str, backup_id: str, doc: mf.Man
                                     "reconcile job repairs the primary")
         # Restores read each object from the first location holding it intact: objects spread
         # over several copies restore as well as one copy holding them all.
-        held = {o.key.split("/", 2)[-1]: o.size for o in listed if o.usable}
+        held = stored_sizes(listed)
         covered = {k for k in lacking if held.get(k) == sizes[k]}
         if covered:
             holders.append(location.name)

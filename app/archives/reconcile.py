@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.archives import copy_state
+from app.archives import copy_state, holdings
 from app.archives.copy_state import CopyStatus
 from app.archives.service import ArchiveUnreadable, _check_manifest, deletions_locked
 from app.backup import manifest as mf
@@ -197,7 +197,7 @@ async def _reconcile_archive(ctx: JobContext, io: Io, deep: bool, ref: _Referenc
 async def _assess(ctx: JobContext, io: Io, deep: bool, ref: _Reference, location: Location,
                   objects: list[ObjectInfo]) -> _Found:
     prefix = mf.archive_prefix(ctx.target, ref.doc.backup_id)
-    stored = {o.key[len(prefix):]: o.size for o in objects if o.usable}
+    stored = holdings.stored_sizes(objects)
     state = _Found()
     if not stored:
         return _Found(status="missing", bad=[o.key for o in ref.doc.objects], manifest=False,
