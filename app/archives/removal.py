@@ -90,6 +90,34 @@ def manifest_only_in_copies(held: list[Held], target: str, backup_id: str) -> st
                 None)
 
 
+@dataclass(frozen=True)
+class Hold:
+    """Why an archive must not be deleted now: ``why`` completes "… but <why>"."""
+
+    why: str
+    location: str
+    locked_until: str | None = None
+
+
+async def hold(held: list[Held], target: str, backup_id: str) -> Hold | None:
+    """What keeps the archive from being deleted now, for ``DELETE`` and retention alike:
+
+    - no manifest in the primary, but a copy holds one: the primary lost it (a manifest deleted
+      by hand, a half-done repair), not a backup that died; deleting "the incomplete archive"
+      everywhere would destroy the copy, and reconciliation repairs it;
+    - an S3 Object Lock still ahead on one of its objects, in any location."""
+    whole = manifest_only_in_copies(held, target, backup_id)
+    if whole:
+        return Hold(f"it has no manifest in the primary storage while location {whole} holds "
+                    f"the archive: repair it first (POST /v1/targets/{target}/reconcile)",
+                    location=whole)
+    lock = await lock_end(held, backup_id)
+    if lock is not None:
+        return Hold(f"it is locked until {lock.iso} (S3 Object Lock in location "
+                    f"{lock.location})", location=lock.location, locked_until=lock.iso)
+    return None
+
+
 async def lock_end(held: list[Held], backup_id: str) -> Lock | None:
     """The latest Object Lock end still ahead among the archive's objects, in any location;
     None when nothing is locked. A lock that cannot be read refuses like an outage."""

@@ -149,21 +149,11 @@ async def _unlocked(services: Resources, target: str, delete: list[dict[str, Any
         alive()
         bid = item["backup_id"]
         found = await removal.holdings(services, target, bid)
-        whole = removal.manifest_only_in_copies(found, target, bid)
-        if whole:
-            # No manifest in the primary, but a copy holds one: the primary lost it (a manifest
-            # deleted by hand, a half-done repair), not a backup that died. Deleting "the
-            # incomplete archive" everywhere would destroy the copy; reconciliation repairs it.
-            locked.append({"backup_id": bid, "reason": (
-                f"no manifest in the primary storage, but location {whole} holds the archive: "
-                f"kept for reconciliation (POST /v1/targets/{target}/reconcile)")})
-            continue
-        lock = await removal.lock_end(found, bid)
-        if lock is None:
+        kept = await removal.hold(found, target, bid)
+        if kept is None:
             free.append(item)
             held[bid] = found
         else:
-            locked.append({"backup_id": bid, "locked_until": lock.iso,
-                           "reason": f"{item['reason']}, but locked until {lock.iso} "
-                                     f"(S3 Object Lock in location {lock.location})"})
+            locked.append({"backup_id": bid, "reason": f"{item['reason']}, but {kept.why}",
+                           **({"locked_until": kept.locked_until} if kept.locked_until else {})})
     return free, locked, held

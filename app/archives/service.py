@@ -360,22 +360,15 @@ async def _delete_archive(services: Resources, caller: Principal, target: str,
         raise Conflict(f"deleting {backup_id} would leave {len(good) - 1} good archive(s); "
                        f"target {target} keeps at least {minimum}")
     held = await removal.holdings(services, target, backup_id)
-    whole = removal.manifest_only_in_copies(held, target, backup_id)
-    if whole:
-        # As in retention: "incomplete" on the primary only because it lost its manifest;
-        # deleting it everywhere would destroy the copy that holds the archive whole.
-        raise Conflict(f"archive {backup_id} has no manifest in the primary storage but "
-                       f"location {whole} holds it: repair it first (POST /v1/targets/{target}"
-                       "/reconcile), then delete it")
-    lock = await removal.lock_end(held, backup_id)
-    if lock is not None:
+    kept = await removal.hold(held, target, backup_id)
+    if kept is not None:
         async with services.pool.acquire() as conn:
             await audit_repo.insert(conn, actor=caller.name, action="archive.delete",
                                     target=target, outcome="refused",
-                                    details={"backup_id": backup_id, "locked_until": lock.iso,
-                                             "location": lock.location})
-        raise Conflict(f"archive {backup_id} is locked until {lock.iso} (S3 Object Lock in "
-                       f"location {lock.location}): it cannot be deleted before then")
+                                    details={"backup_id": backup_id,
+                                             "locked_until": kept.locked_until,
+                                             "location": kept.location})
+        raise Conflict(f"archive {backup_id} cannot be deleted now: {kept.why}")
     await removal.remove(services, target, backup_id, held)
     async with services.pool.acquire() as conn:
         await audit_repo.insert(conn, actor=caller.name, action="archive.delete", target=target,
